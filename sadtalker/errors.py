@@ -1,0 +1,66 @@
+"""Every error a user can cause, with a stable code and a one-line message a person can act on."""
+
+from __future__ import annotations
+
+
+class SadTalkerError(Exception):
+    """Base of all errors the core raises on purpose. `code` is stable (UI, API and exit status use it)."""
+
+    code = "sadtalker_error"
+    exit_status = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(SadTalkerError):
+    """An option, image, audio or payload that cannot be used as given."""
+
+    code = "invalid_input"
+    exit_status = 2
+
+
+class AudioError(InvalidInput):
+    code = "bad_audio"
+
+
+class ImageError(InvalidInput):
+    code = "bad_image"
+
+
+class NoFaceDetected(InvalidInput):
+    code = "no_face"
+
+
+class MissingWeights(SadTalkerError):
+    """A checkpoint file that is needed is not on disk (or could not be downloaded)."""
+
+    code = "missing_weights"
+    exit_status = 3
+
+
+class CorruptCheckpoint(SadTalkerError):
+    """A checkpoint file exists but cannot be read, or does not hold what it should."""
+
+    code = "corrupt_checkpoint"
+    exit_status = 3
+
+
+class UnsupportedCheckpoint(CorruptCheckpoint):
+    """A readable file whose keys match none of the components we know."""
+
+    code = "unsupported_checkpoint"
+
+
+class DownloadError(SadTalkerError):
+    code = "download_failed"
+    exit_status = 4
+
+
+class Cancelled(SadTalkerError):
+    code = "cancelled"
+    exit_status = 130

@@ -1,0 +1,111 @@
+"""Fake official checkpoints, built from the fake-weight rule stated in shared/golden (our own builder).
+
+Each tensor is a pure function of its full checkpoint key and shape, so any component can be built on its
+own (cheap) or whole files can be written (for the loaders and the `check` command).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHARED = Path(os.environ.get("SADTALKER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MANIFEST_COPY = Path(__file__).parent / "data" / "manifest.json"
+
+SAFETENSORS_256 = "SadTalker_V0.0.2_256.safetensors"
+SAFETENSORS_512 = "SadTalker_V0.0.2_512.safetensors"
+MAPPING_70 = "mapping_00229-model.pth.tar"
+MAPPING_73 = "mapping_00109-model.pth.tar"
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict:
+    """{file name: {key: [shape, dtype]}} for every official checkpoint file."""
+    with open(MANIFEST_COPY) as f:
+        return json.load(f)
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _drawn(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+    draw = rng.standard_normal(shape)
+    if len(shape) <= 1:
+        base = 1.0 if _leaf(key) == "weight" else 0.0
+        return (base + 0.05 * draw).astype(np.float32)
+    return (draw / math.sqrt(int(np.prod(shape[1:])))).astype(np.float32)
+
+
+def _spectral_vectors(weight_orig_key: str, weight_orig_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    w = _drawn(weight_orig_key, weight_orig_shape).astype(np.float64).reshape(weight_orig_shape[0], -1)
+    left, _, right = np.linalg.svd(w, full_matrices=False)
+    u, v = left[:, 0], right[0]
+    if u[int(np.argmax(np.abs(u)))] < 0:
+        u, v = -u, -v
+    return u.astype(np.float32), v.astype(np.float32)
+
+
+def fake_value(entry: dict, key: str) -> np.ndarray:
+    shape = tuple(int(s) for s in entry[key][0])
+    leaf = _leaf(key)
+    if leaf == "num_batches_tracked":
+        return np.zeros(shape, np.int64)
+    if leaf == "running_mean":
+        return np.zeros(shape, np.float32)
+    if leaf == "running_var":
+        return np.ones(shape, np.float32)
+    if leaf in ("weight_u", "weight_v"):
+        owner = key.rsplit(".", 1)[0] + ".weight_orig"
+        u, v = _spectral_vectors(owner, tuple(int(s) for s in entry[owner][0]))
+        return u if leaf == "weight_u" else v
+    return _drawn(key, shape)
+
+
+def fake_state(file_name: str, prefix: str | None = None, strip: bool = True) -> dict[str, torch.Tensor]:
+    """Fake tensors of one official file; with `prefix`, only that component's keys (prefix stripped)."""
+    entry = manifest()[file_name]
+    out = {}
+    for key in entry:
+        if prefix is not None and not key.startswith(prefix + "."):
+            continue
+        name = key[len(prefix) + 1 :] if (prefix is not None and strip) else key
+        out[name] = torch.from_numpy(fake_value(entry, key))
+    return out
+
+
+def write_fake_file(file_name: str, path: Path, extra: dict | None = None) -> Path:
+    """Write a fake official checkpoint in the official container format."""
+    state = fake_state(file_name)
+    path = Path(path)
+    if file_name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        nested: dict = {}
+        for key, value in state.items():
+            top, rest = key.split(".", 1)
+            nested.setdefault(top, {})[rest] = value
+        nested["epoch"] = 0
+        nested.update(extra or {})
+        torch.save(nested, str(path))
+    return path
+
+
+def write_fake_checkpoint_dir(folder: Path, files=(SAFETENSORS_256, MAPPING_70, MAPPING_73)) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        target = folder / name
+        if not target.exists():
+            write_fake_file(name, target)
+    return folder
