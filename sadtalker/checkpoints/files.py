@@ -50,7 +50,14 @@ FACEXLIB_PARSING = WeightFile("parsing_parsenet.pth", (FACEXLIB + "v0.2.2/parsin
 GFPGAN_V14 = WeightFile("GFPGANv1.4.pth", ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",),
                         components=(), purpose="GFPGAN v1.4 face enhancer", group="enhancer")
 
-ALL_FILES = SADTALKER_FILES + (FACEXLIB_DETECTION, FACEXLIB_ALIGNMENT, FACEXLIB_PARSING, GFPGAN_V14)
+RESTOREFORMER = WeightFile("RestoreFormer.pth",
+                           ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/RestoreFormer.pth",),
+                           components=(), purpose="RestoreFormer face enhancer", group="enhancer")
+CODEFORMER = WeightFile("codeformer.pth", ("https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",),
+                        components=(), purpose="CodeFormer face enhancer", group="enhancer")
+ENHANCER_FILES = {"gfpgan": GFPGAN_V14, "restoreformer": RESTOREFORMER, "codeformer": CODEFORMER}
+
+ALL_FILES = SADTALKER_FILES + (FACEXLIB_DETECTION, FACEXLIB_ALIGNMENT, FACEXLIB_PARSING) + tuple(ENHANCER_FILES.values())
 
 
 def by_name(name: str) -> WeightFile:
@@ -67,3 +74,7 @@ def sadtalker_file(size: int) -> WeightFile:
 def mapping_file(preprocess: str) -> WeightFile:
     """The mapping net depends on the preprocess family, not on still mode (official `init_path`)."""
     return MAPPING_FULL if "full" in preprocess else MAPPING_CROP
+
+
+def enhancer_file(name: str) -> WeightFile:
+    return ENHANCER_FILES[name]

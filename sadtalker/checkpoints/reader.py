@@ -1,0 +1,106 @@
+"""Read tensors from checkpoint files without running code and without reading what is not needed.
+
+safetensors files are opened lazily (only the requested prefix is read: the official code reads all 725 MB);
+torch pickles are opened with `weights_only=True` (never execute a pickle) and flattened to
+`<top-level key>.<state-dict key>`, the same naming the safetensors file uses for its components.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptCheckpoint, MissingWeights
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+class CheckpointReader:
+    """Keys, shapes and tensors of one checkpoint file, flattened to dotted keys."""
+
+    def __init__(self, path: str | Path, *, name: str | None = None):
+        """`name`: the file's real name when `path` is a temporary one (a download's `.part`)."""
+        self.path = Path(path)
+        self.name = name or self.path.name
+        if not self.path.is_file():
+            raise MissingWeights(f"checkpoint not found: {self.path}")
+        self._pickled: dict[str, torch.Tensor] | None = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        if self.name.endswith(SAFETENSORS_SUFFIX):
+            self._read_safetensors_header()
+        else:
+            self._read_pickle()
+
+    # -- opening ---------------------------------------------------------------------------------------------
+    def _corrupt(self, why: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"{self.name}: {why} (file: {self.path}); delete it and download it again")
+
+    def _read_safetensors_header(self) -> None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for truncated or malformed headers
+            raise self._corrupt(f"not a readable safetensors file ({exc})") from exc
+        expected_end = self._safetensors_data_end()
+        if expected_end is not None and expected_end > self.path.stat().st_size:
+            raise self._corrupt(f"truncated: {self.path.stat().st_size} bytes, the header says {expected_end}")
+
+    def _safetensors_data_end(self) -> int | None:
+        import json
+        import struct
+
+        with open(self.path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return 8 + header_len + max(ends) if ends else None
+
+    def _read_pickle(self) -> None:
+        try:
+            obj = self._torch_load()
+        except Exception as exc:
+            raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(obj, dict):
+            raise self._corrupt(f"holds a {type(obj).__name__}, not a dict of state dicts")
+        self._pickled = dict(_flatten(obj))
+        self._shapes = {k: tuple(v.shape) for k, v in self._pickled.items()}
+
+    def _torch_load(self) -> object:
+        # mmap keeps large files out of RAM; only zip-format files (torch >= 1.6 saves) support it
+        use_mmap = zipfile.is_zipfile(self.path)
+        return torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
+
+    # -- access ----------------------------------------------------------------------------------------------
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self._shapes
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """All tensors under `prefix.` with the prefix stripped."""
+        lead = prefix + "."
+        wanted = [k for k in self._shapes if k.startswith(lead)]
+        if self._pickled is not None:
+            return {k[len(lead):]: self._pickled[k] for k in wanted}
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
+                return {k[len(lead):]: handle.get_tensor(k) for k in wanted}
+        except Exception as exc:
+            raise self._corrupt(f"could not read the '{prefix}' tensors ({exc})") from exc
+
+
+def _flatten(obj: dict, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Nested dicts of tensors -> dotted keys. Non-tensor entries (epoch, optimizer scalars) are skipped."""
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, dict):
+            yield from _flatten(value, name + ".")
