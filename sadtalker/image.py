@@ -1,0 +1,86 @@
+"""Source images in any form a user has them -> (H, W, 3) uint8 RGB, or a named error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+MAX_PIXELS = 40_000_000  # ~ 8K x 5K; larger photos cost minutes per frame to paste and encode
+MIN_SIDE = 32
+
+
+def load_image(source: str | os.PathLike | np.ndarray | Image.Image, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or array -> (H, W, 3) uint8 RGB.
+
+    Any PIL mode is accepted (palette, greyscale, 16-bit, CMYK, alpha: composited on white, as the photo would
+    look on a page); EXIF orientation is applied. Raises ImageError naming what is wrong.
+    """
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    if isinstance(source, Image.Image):
+        return _from_pil(source, "the image", max_pixels)
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            _check_pixels(img.size, path.name, max_pixels)
+            return _from_pil(img, path.name, max_pixels)
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path.name} is not an image file Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path.name} could not be read as an image ({exc})") from exc
+
+
+def _check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP); the limit is "
+                         f"{max_pixels / 1e6:.0f} MP: downscale it first")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{name} is {width}x{height}; a face needs at least {MIN_SIDE} px on each side")
+
+
+def _from_pil(img: Image.Image, name: str, max_pixels: int) -> np.ndarray:
+    _check_pixels(img.size, name, max_pixels)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        data = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and data.max() > 255 else max(float(data.max()), 1.0)
+        grey = np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {array.shape}")
+    _check_pixels((array.shape[1], array.shape[0]), "the image", max_pixels)
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ImageError("the image array holds NaN or infinite values")
+            scale = 255.0 if array.max() <= 1.0 else 1.0
+            array = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+        elif np.issubdtype(array.dtype, np.integer):
+            top = 65535 if array.max() > 255 else 255
+            array = np.clip(array.astype(np.float64) * 255.0 / top + 0.5, 0, 255).astype(np.uint8)
+        else:
+            raise ImageError(f"unsupported image array type {array.dtype}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        alpha = array[:, :, 3:4].astype(np.float32) / 255.0
+        array = (array[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(array)
