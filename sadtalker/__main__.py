@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import SadTalkerError
+from .errors import InvalidInput, SadTalkerError
 
 
 def _models_dir(value: str | None) -> Path:
@@ -49,10 +49,96 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _face_box(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected four whole numbers X0,Y0,X1,Y1") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("expected four whole numbers X0,Y0,X1,Y1")
+    return values  # type: ignore[return-value]
+
+
+def _stage_progress(stream):
+    last = {"stage": None}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage != last["stage"]:
+            if last["stage"] is not None:
+                stream.write("\n")
+            last["stage"] = stage
+        stream.write(f"\r{stage:7} {done}/{total}")
+        stream.flush()
+
+    return report
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .options import GenerateOptions
+    from .pipeline import SadTalkerPipeline
+    from .checkpoints.download import console_progress
+
+    if args.audio is None and args.idle_seconds is None:
+        raise InvalidInput("give --audio, or --idle-seconds for a video without speech")
+    options = GenerateOptions(
+        preprocess=args.preprocess, still=args.still, pose_style=args.pose_style,
+        expression_scale=args.expression_scale, head_motion_scale=args.head_motion_scale, blink=not args.no_blink,
+        size=args.size, batch_size=args.batch_size, enhancer=args.enhancer, ref_eyeblink=args.ref_eyeblink,
+        ref_pose=args.ref_pose, idle_seconds=args.idle_seconds, yaw=tuple(args.yaw or ()),
+        pitch=tuple(args.pitch or ()), roll=tuple(args.roll or ()), seed=args.seed,
+        face_detector=args.face_detector, face_box=args.face_box)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+    pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device,
+                                 allow_download=not args.no_download, on_download_progress=console_progress(sys.stderr))
+    output = Path(args.out) if args.out else None
+    result = pipeline.generate(args.image, args.audio, options, output=output, output_dir=Path("results"),
+                               on_progress=None if args.quiet else _stage_progress(sys.stderr),
+                               intermediates_dir=args.save_intermediates)
+    if not args.quiet:
+        sys.stderr.write("\n")
+    for warning in result.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    sys.stderr.write(f"{result.num_frames} frames (seed {result.seed}): {timing}\n")
+    sys.stdout.write(f"{result.video}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sadtalker", description="SadTalker talking heads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="photo + speech -> talking-head MP4")
+    gen.add_argument("--image", required=True, help="portrait photo (any format Pillow reads)")
+    gen.add_argument("--audio", help="speech: wav, mp3, flac, ogg, m4a, or a video file's audio")
+    gen.add_argument("--out", metavar="FILE.mp4", help="output file (default: a new name under ./results)")
+    gen.add_argument("--preprocess", default="crop", choices=("crop", "extcrop", "resize", "full", "extfull"))
+    gen.add_argument("--still", action="store_true", help="keep the photo's head pose")
+    gen.add_argument("--pose-style", type=int, default=0, metavar="N", help="head-motion style 0..45")
+    gen.add_argument("--expression-scale", type=float, default=1.0, metavar="X")
+    gen.add_argument("--head-motion-scale", type=float, default=1.0, metavar="X")
+    gen.add_argument("--no-blink", action="store_true", help="no random eye blinks")
+    gen.add_argument("--size", type=int, default=256, choices=(256, 512))
+    gen.add_argument("--batch-size", type=int, default=2, metavar="N")
+    gen.add_argument("--enhancer", default="none", choices=("none", "gfpgan", "restoreformer", "codeformer"))
+    gen.add_argument("--ref-eyeblink", metavar="VIDEO", help="copy the eye blinks of this video")
+    gen.add_argument("--ref-pose", metavar="VIDEO", help="copy the head motion of this video")
+    gen.add_argument("--idle-seconds", type=float, metavar="S", help="no speech: an idle video this long")
+    gen.add_argument("--yaw", type=float, nargs="+", metavar="A", help="free-view yaw keyframes (degrees)")
+    gen.add_argument("--pitch", type=float, nargs="+", metavar="A", help="free-view pitch keyframes (degrees)")
+    gen.add_argument("--roll", type=float, nargs="+", metavar="A", help="free-view roll keyframes (degrees)")
+    gen.add_argument("--seed", type=int, help="same seed, same blinks and head motion")
+    gen.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    gen.add_argument("--no-download", action="store_true", help="never download missing weights")
+    gen.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    gen.add_argument("--face-detector", default="facexlib", choices=("facexlib", "face-alignment", "dlib"))
+    gen.add_argument("--face-box", type=_face_box, metavar="X0,Y0,X1,Y1", help="use this face box, skip detection")
+    gen.add_argument("--save-intermediates", metavar="DIR", help="keep landmarks, crop and coefficients as .npy")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    gen.set_defaults(run=cmd_generate)
     check = sub.add_parser("check", help="load every checkpoint strictly and report each file")
     check.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     check.set_defaults(run=cmd_check)

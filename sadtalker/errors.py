@@ -56,6 +56,19 @@ class UnsupportedCheckpoint(CorruptCheckpoint):
     code = "unsupported_checkpoint"
 
 
+class MissingDependency(SadTalkerError):
+    """An optional feature needs a package that is not installed; the message names it."""
+
+    code = "missing_dependency"
+    exit_status = 3
+
+
+class DetectorUnavailable(MissingDependency):
+    """A face detector backend cannot run because a package it needs is not installed."""
+
+    code = "detector_unavailable"
+
+
 class DownloadError(SadTalkerError):
     code = "download_failed"
     exit_status = 4

@@ -14,4 +14,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 echo "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')" > .venv/torch-constraint.txt
 .venv/bin/pip install -q -c .venv/torch-constraint.txt -r requirements-test.txt
+.venv/bin/pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/pip install -q --no-deps -e .

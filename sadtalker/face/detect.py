@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from sadtalker.errors import ImageError, InvalidInput, NoFaceDetected, SadTalkerError
+from sadtalker.errors import DetectorUnavailable, ImageError, InvalidInput, NoFaceDetected
 
 log = logging.getLogger("sadtalker")
 
@@ -36,13 +36,6 @@ NO_FACE_ADVICE = (
     "Try another image with a clear, front-facing face, the 'resize' preprocess, "
     "or give the face box by hand (--face-box X0,Y0,X1,Y1)."
 )
-
-
-class DetectorUnavailable(SadTalkerError):
-    """A face detector backend cannot run because a package it needs is not installed."""
-
-    code = "detector_unavailable"
-    exit_status = 3
 
 
 class DetectedFace(NamedTuple):
