@@ -74,6 +74,13 @@ class DownloadError(SadTalkerError):
     exit_status = 4
 
 
+class FFmpegError(SadTalkerError):
+    """ffmpeg is missing, or failed on input that is not the user's fault (disk full, missing encoder, crash)."""
+
+    code = "ffmpeg_failed"
+    exit_status = 5
+
+
 class Cancelled(SadTalkerError):
     code = "cancelled"
     exit_status = 130

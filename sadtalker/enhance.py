@@ -1,0 +1,254 @@
+"""Face restoration (GFPGAN v1.4, RestoreFormer, CodeFormer) behind one small interface.
+
+The official SadTalker runs GFPGANer on every frame with a forced 2x upscale. We restore the face crop at its own
+resolution instead: resize to the network's 512x512 input, restore, resize back, then blend with the input by
+`strength`. The networks come from spandrel (the loader the WebUI itself uses since 1.8), so neither `gfpgan` nor
+`basicsr` is needed; CodeFormer comes from `spandrel_extra_arches`. spandrel needs torchvision, which is optional
+for the rest of the package, so it is imported only when an enhancer is built.
+
+The WebUI adapter can pass its own restorer instead: anything with `restore(face_rgb) -> face_rgb` fits
+`FaceEnhancer`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints.files import ENHANCER_FILES
+from .errors import CorruptCheckpoint, InvalidInput, MissingDependency, MissingWeights, UnsupportedCheckpoint
+
+
+
+log = logging.getLogger("sadtalker")
+
+# The official file names and release addresses live in the weight-file registry.
+ENHANCERS: dict[str, str] = {name: wf.name for name, wf in ENHANCER_FILES.items()}
+
+FACE_RESTORER_ARCHITECTURES = ("GFPGAN", "RestoreFormer", "CodeFormer")
+NETWORK_INPUT_SIZE = 512  # all three were trained on 512x512 FFHQ-aligned faces
+_READABLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
+@runtime_checkable
+class FaceEnhancer(Protocol):
+    """Restores one face image: (H, W, 3) uint8 RGB in, the same shape and dtype out."""
+
+    def restore(self, face_rgb: np.ndarray) -> np.ndarray: ...
+
+
+# -- spandrel -----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _spandrel() -> ModuleType:
+    """Import spandrel (and register the extra architectures once), or say which package to install."""
+    with warnings.catch_warnings():  # spandrel's import trips torch's own torch.jit.script deprecation notice
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        return _import_spandrel()
+
+
+def _import_spandrel() -> ModuleType:
+    try:
+        import spandrel
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or "spandrel"
+        if missing == "torchvision":
+            hint = "pip install torchvision (the build that matches your torch)"
+        elif missing.startswith("spandrel"):
+            hint = "pip install spandrel spandrel-extra-arches"
+        else:
+            hint = f"pip install {missing}"
+        raise MissingDependency(f"face enhancement needs the package '{missing}', which is not installed: {hint}"
+                                ) from exc
+    _register_extra_architectures(spandrel)
+    return spandrel
+
+
+def _register_extra_architectures(spandrel: ModuleType) -> bool:
+    """Add CodeFormer & co. to spandrel's registry (0.2: `install()`; 0.1.1: `MAIN_REGISTRY.add`). False if absent."""
+    try:
+        import spandrel_extra_arches as extra
+    except ImportError:
+        return False
+    if hasattr(extra, "install"):
+        extra.install(ignore_duplicates=True)
+    else:
+        try:
+            spandrel.MAIN_REGISTRY.add(*extra.EXTRA_REGISTRY)
+        except ValueError:  # DuplicateArchitectureError: the host (e.g. the WebUI) registered them already
+            pass
+    return True
+
+
+def _extra_architectures_available() -> bool:
+    try:
+        import spandrel_extra_arches  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _download_hint(file_name: str) -> str:
+    try:
+        from .checkpoints.files import by_name
+
+        return " Download: " + " or ".join(by_name(file_name).urls)
+    except (ImportError, KeyError):
+        return ""
+
+
+def _load_descriptor(path: Path):
+    """spandrel's ModelDescriptor of a face restorer file, with every failure mapped to a named error."""
+    spandrel = _spandrel()
+    if not path.is_file():
+        raise MissingWeights(f"face enhancer weights not found: {path}.{_download_hint(path.name)}")
+    if path.suffix.lower() not in _READABLE_SUFFIXES:
+        raise UnsupportedCheckpoint(f"{path.name}: face enhancer files must be one of {', '.join(_READABLE_SUFFIXES)}")
+    loader = spandrel.ModelLoader(device="cpu")
+    try:
+        state_dict = loader.load_state_dict_from_file(path)
+    except Exception as exc:  # torch.load / safetensors raise many types for truncated or foreign files
+        raise CorruptCheckpoint(f"{path.name}: cannot read it ({exc}); delete it and download it again") from exc
+    try:
+        descriptor = loader.load_from_state_dict(state_dict)
+    except spandrel.UnsupportedModelError as exc:
+        if "idx_pred_layer.1.weight" in state_dict and not _extra_architectures_available():
+            raise MissingDependency(f"{path.name} is a CodeFormer file, which needs the package "
+                                    "'spandrel-extra-arches': pip install spandrel-extra-arches") from exc
+        sample = ", ".join(list(state_dict)[:4])
+        raise UnsupportedCheckpoint(f"{path.name} is not a face restorer that spandrel knows "
+                                    f"(expected {', '.join(FACE_RESTORER_ARCHITECTURES)}; first keys: {sample})"
+                                    ) from exc
+    except Exception as exc:  # a recognised layout whose tensors do not fit (shape mismatch)
+        raise CorruptCheckpoint(f"{path.name}: the weights do not fit their network ({exc})") from exc
+    arch = _architecture_id(descriptor)
+    if arch not in FACE_RESTORER_ARCHITECTURES:
+        raise UnsupportedCheckpoint(f"{path.name} is a {arch} model ({descriptor.purpose}), not a face restorer "
+                                    f"({', '.join(FACE_RESTORER_ARCHITECTURES)})")
+    return descriptor
+
+
+def _architecture_id(descriptor) -> str:
+    return getattr(descriptor.architecture, "id", descriptor.architecture)  # spandrel < 0.2 used a plain string
+
+
+def _usable_dtype(descriptor, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """float32 unless the device and the network both do well in `dtype`.
+
+    On CPU we always use float32: with the torch 2.14.1 (+cu130) wheel, bfloat16 convolutions on CPU took 25 s
+    instead of 0.14 s (3x3, 128 channels, 128x128), which turned a 6 s GFPGAN pass into more than 13 minutes.
+    """
+    if dtype == torch.float32:
+        return dtype
+    supported = {torch.float16: descriptor.supports_half, torch.bfloat16: descriptor.supports_bfloat16}
+    if device.type == "cpu" or not supported.get(dtype, False):
+        log.warning("face enhancer %s: %s is not used on %s; running in float32", _architecture_id(descriptor),
+                    dtype, device)
+        return torch.float32
+    return dtype
+
+
+def _check_fraction(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
+# -- the enhancer -------------------------------------------------------------------------------------------
+
+
+class SpandrelEnhancer:
+    """GFPGAN v1.4 / RestoreFormer / CodeFormer loaded from an official file through spandrel.
+
+    `strength` (0..1) blends the restored face over the input: 0 returns the input unchanged, 1 the network's
+    output. `fidelity` is CodeFormer's `w` (0: strongest restoration, 1: closest to the input; the WebUI's
+    default 0.5). GFPGAN runs with its stored noise maps rather than fresh random noise each call, so the same
+    face gives the same result on every frame (the official per-call noise makes restored videos shimmer).
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 *, strength: float = 1.0, fidelity: float = 0.5, batch_size: int = 4):
+        self.path = Path(path)
+        self.strength = _check_fraction("strength", strength)
+        self.fidelity = _check_fraction("fidelity", fidelity)
+        self.batch_size = max(1, int(batch_size))
+        descriptor = _load_descriptor(self.path)
+        self.architecture: str = _architecture_id(descriptor)
+        self.device = torch.device(device)
+        self.dtype = _usable_dtype(descriptor, dtype, self.device)
+        self.model: torch.nn.Module = descriptor.model.to(device=self.device, dtype=self.dtype).eval()
+        log.info("face enhancer %s loaded from %s on %s (%s)", self.architecture, self.path.name, self.device,
+                 self.dtype)
+
+    @classmethod
+    def from_folder(cls, name: str, folder: str | Path, **kwargs) -> SpandrelEnhancer:
+        """Load `ENHANCERS[name]` (gfpgan / restoreformer / codeformer) from `folder`."""
+        if name not in ENHANCERS:
+            raise InvalidInput(f"unknown face enhancer '{name}'; choose one of {', '.join(ENHANCERS)}")
+        return cls(Path(folder) / ENHANCERS[name], **kwargs)
+
+    def __repr__(self) -> str:
+        return f"SpandrelEnhancer({self.architecture}, {self.path.name}, {self.device}, {self.dtype})"
+
+    def restore(self, face_rgb: np.ndarray, strength: float | None = None) -> np.ndarray:
+        """One face: (H, W, 3) uint8 RGB → restored (H, W, 3) uint8 RGB at the same size."""
+        return self.restore_batch([face_rgb], strength=strength)[0]
+
+    def restore_batch(self, faces_rgb: Sequence[np.ndarray], strength: float | None = None) -> list[np.ndarray]:
+        """Many faces (sizes may differ), `batch_size` at a time through the network. Same shapes out."""
+        strength = self.strength if strength is None else _check_fraction("strength", strength)
+        for face in faces_rgb:
+            _check_face(face)
+        if strength == 0.0:
+            return [face.copy() for face in faces_rgb]
+        restored: list[np.ndarray] = []
+        for start in range(0, len(faces_rgb), self.batch_size):
+            restored.extend(self._restore_chunk(faces_rgb[start:start + self.batch_size], strength))
+        return restored
+
+    @torch.inference_mode()
+    def _restore_chunk(self, faces_rgb: Sequence[np.ndarray], strength: float) -> list[np.ndarray]:
+        originals = [torch.from_numpy(np.ascontiguousarray(face)).to(self.device).permute(2, 0, 1).float() / 255.0
+                     for face in faces_rgb]
+        network_in = torch.cat([_resize(face[None], NETWORK_INPUT_SIZE, NETWORK_INPUT_SIZE) for face in originals])
+        network_out = self._forward(network_in.to(self.dtype) * 2.0 - 1.0).float()
+        network_out = ((network_out + 1.0) / 2.0).clamp(0.0, 1.0)
+        results = []
+        for original, out in zip(originals, network_out, strict=True):
+            back = _resize(out[None], original.shape[1], original.shape[2])[0]
+            blended = original + strength * (back - original)
+            results.append((blended * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+        return results
+
+    def _forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 512, 512) RGB in [-1, 1] → the same, as each network's own inference code calls it."""
+        if self.architecture == "GFPGAN":
+            return self.model(faces, return_rgb=False, randomize_noise=False)[0]
+        if self.architecture == "CodeFormer":
+            return self.model(faces, weight=self.fidelity)[0]
+        return self.model(faces)[0]
+
+
+def _check_face(face: np.ndarray) -> None:
+    if not isinstance(face, np.ndarray) or face.dtype != np.uint8 or face.ndim != 3 or face.shape[2] != 3:
+        got = getattr(face, "shape", None), getattr(face, "dtype", type(face).__name__)
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB face, got shape/dtype {got}")
+
+
+def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W); antialiased when shrinking so downscaled faces do not alias."""
+    if images.shape[-2:] == (height, width):
+        return images
+    shrinking = height < images.shape[-2] or width < images.shape[-1]
+    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
