@@ -107,6 +107,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import report_json, run_benchmark
+    from .options import GenerateOptions
+    from .pipeline import SadTalkerPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = GenerateOptions(preprocess=args.preprocess, size=args.size, batch_size=args.batch_size,
+                              face_detector=args.face_detector, enhancer=args.enhancer, seed=0,
+                              max_audio_seconds=max(600.0, args.audio_seconds + 1))
+    pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device, allow_download=False)
+    report = run_benchmark(pipeline, args.image, options, audio=args.audio, audio_seconds=args.audio_seconds,
+                           render_frames=None if args.render_frames == 0 else args.render_frames)
+    sys.stdout.write((report_json(report) if args.json else report.table()) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sadtalker", description="SadTalker talking heads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
@@ -139,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--save-intermediates", metavar="DIR", help="keep landmarks, crop and coefficients as .npy")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     gen.set_defaults(run=cmd_generate)
+    bench = sub.add_parser("bench", help="seconds per stage and per frame, and memory, for an audio length")
+    bench.add_argument("--image", required=True)
+    bench.add_argument("--audio", help="speech file (default: synthetic speech-like audio)")
+    bench.add_argument("--audio-seconds", type=float, default=10.0, help="length of the synthetic audio")
+    bench.add_argument("--render-frames", type=int, default=8,
+                       help="frames to render (0: all); the encoder still gets the clip's full length")
+    bench.add_argument("--preprocess", default="crop", choices=("crop", "extcrop", "resize", "full", "extfull"))
+    bench.add_argument("--size", type=int, default=256, choices=(256, 512))
+    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--enhancer", default="none", choices=("none", "gfpgan", "restoreformer", "codeformer"))
+    bench.add_argument("--face-detector", default="facexlib", choices=("facexlib", "face-alignment", "dlib"))
+    bench.add_argument("--checkpoints", metavar="DIR")
+    bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(run=cmd_bench)
     check = sub.add_parser("check", help="load every checkpoint strictly and report each file")
     check.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     check.set_defaults(run=cmd_check)

@@ -146,12 +146,17 @@ def load_component(path: str | Path | CheckpointReader, component_id: str, *, de
             f"{reader.name} holds no {component_id} ({item.description}); it holds {held} (file: {reader.path})"
         )
     state = reader.tensors(root)
-    model = item.build()
+    # Built without memory (meta device) and then handed the loaded tensors themselves (assign=True), so a
+    # component never exists twice in RAM while it loads.
+    with torch.device("meta"):
+        model = item.build()
     mismatch = _describe_mismatch(model, state)
     if mismatch:
         raise CorruptCheckpoint(f"{reader.name}: component {component_id} does not match: {mismatch} "
                                 f"(file: {reader.path})")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise RuntimeError(f"{component_id}: a tensor outside the state dict was left unallocated")
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -1,0 +1,257 @@
+"""Building blocks shared by the face renderer's networks (keypoint detector, generator, dense motion).
+
+Every block keeps the official attribute names (`conv`, `norm`, ...) so that state-dict keys match the released
+checkpoints. BatchNorm layers are plain inference BatchNorm (eps 1e-5) with the stored running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_coordinate_grid(depth: int, height: int, width: int, *, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Identity sampling grid in [-1, 1]: (depth, height, width, 3), last axis (x, y, z) = (width, height, depth).
+
+    Corners are exactly -1 and 1 (`2 * i / (n - 1) - 1`), the convention of the official keypoint math.
+    """
+
+    def axis(n: int) -> torch.Tensor:
+        steps = torch.arange(n, dtype=dtype, device=device)
+        return 2 * (steps / (n - 1)) - 1
+
+    z, y, x = torch.meshgrid(axis(depth), axis(height), axis(width), indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+class DownBlock2d(nn.Module):
+    """conv3x3 + BatchNorm + ReLU + 2x2 average pool: (B, in, H, W) -> (B, out, H/2, W/2)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.relu(self.norm(self.conv(x))), kernel_size=2)
+
+
+class SameBlock2d(nn.Module):
+    """conv3x3 + BatchNorm + ReLU (or LeakyReLU 0.01): (B, in, H, W) -> (B, out, H, W)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, leaky: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.leaky = leaky
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norm(self.conv(x))
+        return F.leaky_relu(out, 0.01) if self.leaky else F.relu(out)
+
+
+class DownBlock3d(nn.Module):
+    """conv3x3x3 + BatchNorm3d + ReLU + (1, 2, 2) average pool: (B, in, D, H, W) -> (B, out, D, H/2, W/2)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), kernel_size=(1, 2, 2))
+
+
+class UpBlock3d(nn.Module):
+    """Nearest upsample x(1, 2, 2) + conv3x3x3 + BatchNorm3d + ReLU: (B, in, D, H, W) -> (B, out, D, 2H, 2W)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        return F.relu(self.norm(self.conv(x)))
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation residual block, x + conv2(relu(bn2(conv1(relu(bn1(x)))))): (B, C, D, H, W) -> same."""
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
+        self.norm1 = nn.BatchNorm3d(channels)
+        self.norm2 = nn.BatchNorm3d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        return out + x
+
+
+class SpectralNormConv2d(nn.Module):
+    """Conv2d whose weight is spectrally normalised with stored vectors, as saved by `torch.nn.utils.spectral_norm`.
+
+    State-dict entries: `weight_orig` (out, in, k, k), `weight_u` (out,), `weight_v` (in*k*k,), `bias` (out,) if
+    any. Effective weight = weight_orig / sigma, sigma = u . (weight_orig.reshape(out, -1) @ v), with the stored u
+    and v as they are (inference: no power iteration, no renormalisation).
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.padding = kernel_size // 2
+        self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        fan_in = in_channels * kernel_size * kernel_size
+        self.register_buffer("weight_u", F.normalize(torch.randn(out_channels), dim=0))
+        self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0))
+        nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
+
+    def effective_weight(self) -> torch.Tensor:
+        """weight_orig / sigma, (out, in, k, k)."""
+        matrix = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        sigma = torch.dot(self.weight_u, torch.mv(matrix, self.weight_v))
+        return self.weight_orig / sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.effective_weight(), self.bias, padding=self.padding)
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive normalisation: instance_norm(x) * (1 + gamma(seg)) + beta(seg).
+
+    x: (B, channels, H, W); seg: (B, label_channels, h, w), resized to (H, W) by nearest neighbour. The work is
+    split in two so that a decoder can compute the hidden map more cheaply: hidden = relu(mlp_shared(seg)), then
+    `modulate(x, hidden)`.
+    """
+
+    def __init__(self, *, channels: int, label_channels: int = 256, hidden: int = 128):
+        super().__init__()
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_channels, hidden, kernel_size=3, padding=1), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, channels, kernel_size=3, padding=1)
+        self.mlp_beta = nn.Conv2d(hidden, channels, kernel_size=3, padding=1)
+
+    def hidden(self, seg: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """relu(mlp_shared(seg resized to size)): (B, label_channels, h, w) -> (B, hidden, *size)."""
+        if tuple(seg.shape[2:]) != tuple(size):
+            seg = F.interpolate(seg, size=size, mode="nearest")
+        return self.mlp_shared(seg)
+
+    def modulate(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, channels, H, W), hidden (B, hidden, H, W) -> (B, channels, H, W)."""
+        # Instance norm (biased variance, eps 1e-5) folded into the modulation, with as few fresh full-size
+        # tensors as possible: (x - mean) * ((1 + gamma) / std) + beta.
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        centered = x - mean
+        inv_std = torch.rsqrt(centered.square().mean(dim=(2, 3), keepdim=True) + 1e-5)
+        scale = self.mlp_gamma(hidden).add_(1).mul_(inv_std)
+        return self.mlp_beta(hidden).addcmul_(centered, scale)
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        return self.modulate(x, self.hidden(seg, x.shape[2:]))
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE residual block (spectral-norm convs, LeakyReLU 0.2): (B, fin, H, W), seg -> (B, fout, H, W)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, label_channels: int = 256):
+        super().__init__()
+        middle = min(in_channels, out_channels)
+        self.learned_shortcut = in_channels != out_channels
+        self.conv_0 = SpectralNormConv2d(in_channels=in_channels, out_channels=middle, kernel_size=3)
+        self.conv_1 = SpectralNormConv2d(in_channels=middle, out_channels=out_channels, kernel_size=3)
+        self.norm_0 = SPADE(channels=in_channels, label_channels=label_channels)
+        self.norm_1 = SPADE(channels=middle, label_channels=label_channels)
+        if self.learned_shortcut:
+            self.conv_s = SpectralNormConv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=1,
+                                             bias=False)
+            self.norm_s = SPADE(channels=in_channels, label_channels=label_channels)
+
+    def spade_layers(self) -> list[SPADE]:
+        """The block's SPADE layers in the order `forward_hidden` takes their hidden maps."""
+        return [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        return self.forward_hidden(x, [layer.hidden(seg, x.shape[2:]) for layer in self.spade_layers()])
+
+    def forward_hidden(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Same as forward, given each SPADE layer's hidden map (B, 128, H, W) (see `spade_layers`)."""
+        shortcut = self.conv_s(self.norm_s.modulate(x, hidden[2])) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu_(self.norm_0.modulate(x, hidden[0]), 0.2))
+        dx = self.conv_1(F.leaky_relu_(self.norm_1.modulate(dx, hidden[1]), 0.2))
+        return dx.add_(shortcut)
+
+
+def _tap_patterns(scale: int) -> tuple[list[tuple[int, tuple[int, ...]]], list[int]]:
+    """How a 3-tap kernel along an axis upsampled `scale` times (nearest) reads the original axis.
+
+    Output position scale*i + a reads original positions i + (a + t) // scale for the taps t = -1, 0, 1: at most
+    two neighbours, (i + start - 1, i + start). Returns the distinct (start, position of each tap) patterns and,
+    for each phase a, the index of its pattern.
+    """
+    patterns: list[tuple[int, tuple[int, ...]]] = []
+    phase_pattern = []
+    for phase in range(scale):
+        positions = tuple((phase + tap) // scale for tap in (-1, 0, 1))
+        pattern = (1 if min(positions) == 0 else 0, positions)
+        if pattern not in patterns:
+            patterns.append(pattern)
+        phase_pattern.append(patterns.index(pattern))
+    return patterns, phase_pattern
+
+
+def _two_tap_kernel(weight: torch.Tensor, pattern: tuple[int, tuple[int, ...]], dim: int) -> torch.Tensor:
+    """Sum the 3 taps of `weight` along `dim` into the 2 window positions of `pattern`."""
+    start, positions = pattern
+    taps = []
+    for position in (start - 1, start):
+        chosen = torch.tensor([t for t, p in enumerate(positions) if p == position], dtype=torch.long,
+                              device=weight.device)
+        taps.append(weight.index_select(dim, chosen).sum(dim, keepdim=True))
+    return torch.cat(taps, dim)
+
+
+def relu_conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: int, *,
+                              groups: int = 1) -> list[torch.Tensor]:
+    """relu(conv3x3 pad 1 (nearest_upsample(x, scale))) without upsampling x: (B, Cin, h, w) -> `groups` maps
+    (B, Cout / groups, s*h, s*w) (consecutive output channels), in channels-last memory layout.
+
+    scale >= 2. A 3x3 window on a nearest-upsampled map covers at most 2x2 original pixels, so each output phase
+    (a, b) = (row % scale, col % scale) is a 2x2 convolution of x with the 3x3 taps summed accordingly: 2.25x (scale
+    2) to 4x (scale 4) fewer multiply-adds. Phases with the same tap pattern share a kernel; all kernels run as one
+    convolution, whose (h+1, w+1) outputs are then interleaved.
+    """
+    patterns, phase_pattern = _tap_patterns(scale)
+    kernels, origins = [], {}
+    for row, row_pattern in enumerate(patterns):
+        row_kernel = _two_tap_kernel(weight, row_pattern, 2)
+        for col, col_pattern in enumerate(patterns):
+            origins[row, col] = (len(kernels), row_pattern[0], col_pattern[0])
+            kernels.append(_two_tap_kernel(row_kernel, col_pattern, 3))
+    x = x.contiguous(memory_format=torch.channels_last)
+    phases = F.relu_(F.conv2d(x, torch.cat(kernels), bias.repeat(len(kernels)), padding=1))
+    batch, _, height, width = x.shape
+    channels = weight.shape[0] // groups
+    maps = []
+    for group in range(groups):
+        out = torch.empty(batch, channels, height * scale, width * scale, dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        # The same storage as (B, C, h, a, w, b): row = h * scale + a, column = w * scale + b.
+        row_stride, col_stride = out.stride(2), out.stride(3)
+        by_phase = out.as_strided((batch, channels, height, scale, width, scale),
+                                  (out.stride(0), out.stride(1), row_stride * scale, row_stride, col_stride * scale,
+                                   col_stride))
+        for a in range(scale):
+            for b in range(scale):
+                kernel, row_start, col_start = origins[phase_pattern[a], phase_pattern[b]]
+                first = (kernel * groups + group) * channels
+                by_phase[:, :, :, a, :, b] = phases[:, first:first + channels, row_start:row_start + height,
+                                                    col_start:col_start + width]
+        maps.append(out)
+    return maps

@@ -1,0 +1,176 @@
+"""Face rendering: 3DMM coefficient windows -> keypoints -> frames, with the source image encoded once.
+
+The official loop (`make_animation`) runs the keypoint detector and the mapping net on the source once, then for
+every frame maps its 27-frame coefficient window to head pose / translation / expression, moves the canonical
+keypoints accordingly and runs the generator. Here the source's appearance volume is also computed once
+(`Renderer.prepare_source`), and `Renderer.render` takes any number of windows at once (the caller batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInput
+from .nets.generator import OcclusionAwareSPADEGenerator
+from .nets.keypoints import KPDetector
+from .nets.mapping import MappingNet
+
+# The official code converts with 3.14, not pi; keeping it is what makes our keypoints match the trained ones.
+OFFICIAL_PI = 3.14
+NUM_POSE_BINS = 66
+DEGREES_PER_BIN = 3
+FIRST_BIN_DEGREES = -99
+WINDOW = 27  # coefficient frames per mapping-net input (t-13 .. t+13)
+
+
+def headpose_to_degrees(logits: torch.Tensor) -> torch.Tensor:
+    """Pose bin logits (B, 66) -> angle in degrees (B,): 3 * E[bin index] - 99 under softmax(logits)."""
+    probabilities = F.softmax(logits, dim=1)
+    bins = torch.arange(NUM_POSE_BINS, dtype=logits.dtype, device=logits.device)
+    return (probabilities * bins).sum(dim=1) * DEGREES_PER_BIN + FIRST_BIN_DEGREES
+
+
+def rotation_matrix(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
+    """Head rotation from angles in degrees, each (B,) -> (B, 3, 3) = rot_x(pitch) @ rot_y(yaw) @ rot_z(roll)."""
+    yaw, pitch, roll = (angle / 180 * OFFICIAL_PI for angle in (yaw, pitch, roll))
+    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
+
+    def matrix(*rows: torch.Tensor) -> torch.Tensor:
+        return torch.stack(rows, dim=1).view(-1, 3, 3)
+
+    pitch_mat = matrix(one, zero, zero,
+                       zero, pitch.cos(), -pitch.sin(),
+                       zero, pitch.sin(), pitch.cos())
+    yaw_mat = matrix(yaw.cos(), zero, yaw.sin(),
+                     zero, one, zero,
+                     -yaw.sin(), zero, yaw.cos())
+    roll_mat = matrix(roll.cos(), -roll.sin(), zero,
+                      roll.sin(), roll.cos(), zero,
+                      zero, zero, one)
+    return pitch_mat @ yaw_mat @ roll_mat
+
+
+def _angle(override: torch.Tensor | float | None, logits: torch.Tensor) -> torch.Tensor:
+    if override is None:
+        return headpose_to_degrees(logits)
+    override = torch.as_tensor(override, dtype=logits.dtype, device=logits.device)
+    return override.expand(logits.shape[0])
+
+
+def transform_keypoints(kp_canonical: torch.Tensor, mapping_output: dict[str, torch.Tensor], *,
+                        yaw: torch.Tensor | float | None = None, pitch: torch.Tensor | float | None = None,
+                        roll: torch.Tensor | float | None = None, with_exp: bool = True) -> torch.Tensor:
+    """Pose the canonical keypoints: Rot(yaw, pitch, roll) @ kp + (0, t_y, 0) + exp.
+
+    kp_canonical (B, K, 3) (or (1, K, 3), broadcast to the mapping batch); mapping_output: MappingNet's dict
+    (`yaw`/`pitch`/`roll` (B, 66) logits, `t` (B, 3), `exp` (B, 3K)). yaw / pitch / roll, in degrees (a number
+    or (B,)), replace the predicted angles. Only the vertical translation is used. Returns (B, K, 3); the inputs
+    are not modified.
+    """
+    rot = rotation_matrix(_angle(yaw, mapping_output["yaw"]), _angle(pitch, mapping_output["pitch"]),
+                          _angle(roll, mapping_output["roll"]))
+    kp = torch.einsum("bmp,bkp->bkm", rot, kp_canonical.expand(rot.shape[0], -1, -1))
+    vertical_shift = F.pad(mapping_output["t"][:, 1:2], (1, 1))  # (B, 3) = (0, t_y, 0)
+    kp = kp + vertical_shift[:, None, :]
+    if with_exp:
+        kp = kp + mapping_output["exp"].view(kp.shape[0], -1, 3)
+    return kp
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a video needs from its source image, computed once.
+
+    kp_canonical (1, 15, 3) and kp_source (1, 15, 3) (the canonical keypoints posed by the source coefficients),
+    in the renderer's keypoint dtype (float64 where the device has it); feature_3d (1, 32, 16, S/4, S/4)
+    appearance volume in the generator's dtype.
+    """
+
+    kp_canonical: torch.Tensor
+    kp_source: torch.Tensor
+    feature_3d: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        """Output frame size S in pixels."""
+        return self.feature_3d.shape[-1] * 4
+
+
+def keypoint_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the mapping net and keypoint math, where the device supports it (not MPS).
+
+    That part costs nothing next to the generator, and float64 keeps it as close to the exact values as the
+    official float32 numbers are themselves: pose degrees amplify float32 rounding of the bin logits.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class Renderer:
+    """Holds the three renderer networks (in eval mode) and renders frames for one source at a time.
+
+    The mapping net is kept in `keypoint_dtype` (it is tiny); the keypoint detector and generator run in their
+    own dtype. Frames do not depend on how the caller groups windows into calls (no batch statistics anywhere),
+    so any batching gives the frames of the official batch layout.
+    """
+
+    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareSPADEGenerator, mapping: MappingNet):
+        self.kp_detector = kp_detector.eval()
+        self.generator = generator.eval()
+        device = next(mapping.parameters()).device
+        self.mapping = mapping.eval().to(keypoint_dtype(device))
+        self.coeff_channels = mapping.first[0].in_channels
+
+    @staticmethod
+    def _input_for(network: torch.nn.Module, array) -> torch.Tensor:
+        """Any array-like -> a tensor on the network's device, in its floating dtype."""
+        reference = next(network.parameters())
+        return torch.as_tensor(array).to(device=reference.device, dtype=reference.dtype)
+
+    def _check_windows(self, windows: torch.Tensor, what: str) -> None:
+        if windows.ndim != 3 or windows.shape[1] != self.coeff_channels or windows.shape[2] != WINDOW:
+            raise InvalidInput(f"{what} must be (N, {self.coeff_channels}, {WINDOW}) coefficient windows for this "
+                               f"mapping net, got shape {tuple(windows.shape)}")
+
+    @torch.inference_mode()
+    def prepare_source(self, source_image, source_semantics) -> SourceState:
+        """source_image (1, 3, S, S) float RGB in [0, 1], S a multiple of 128 (256 or 512 for the released
+        weights); source_semantics (1, C, 27): the source coefficient row repeated over the window, C = the
+        mapping net's 70 or 73. -> SourceState."""
+        image = self._input_for(self.kp_detector, source_image)
+        if image.ndim != 4 or image.shape[:2] != (1, 3) or image.shape[2] != image.shape[3] or image.shape[2] % 128:
+            raise InvalidInput(f"the source image must be (1, 3, S, S) with S a multiple of 128, "
+                               f"got shape {tuple(image.shape)}")
+        semantics = self._input_for(self.mapping, source_semantics)
+        self._check_windows(semantics, "source_semantics")
+        kp_canonical = self.kp_detector(image).to(semantics.dtype)
+        kp_source = transform_keypoints(kp_canonical, self.mapping(semantics))
+        feature_3d = self.generator.encode_source(self._input_for(self.generator, source_image))
+        return SourceState(kp_canonical=kp_canonical, kp_source=kp_source, feature_3d=feature_3d)
+
+    @torch.inference_mode()
+    def driving_keypoints(self, state: SourceState, target_windows, *, yaw=None, pitch=None,
+                          roll=None) -> torch.Tensor:
+        """target_windows (N, C, 27) -> kp_driving (N, 15, 3) in the keypoint dtype.
+
+        yaw / pitch / roll: optional (N,) degrees that replace the predicted angles.
+        """
+        windows = self._input_for(self.mapping, target_windows)
+        self._check_windows(windows, "target_windows")
+        overrides = {name: None if value is None else self._input_for(self.mapping, value)
+                     for name, value in (("yaw", yaw), ("pitch", pitch), ("roll", roll))}
+        return transform_keypoints(state.kp_canonical, self.mapping(windows), **overrides)
+
+    @torch.inference_mode()
+    def render(self, state: SourceState, target_windows, yaw=None, pitch=None, roll=None) -> torch.Tensor:
+        """target_windows (N, C, 27) -> frames (N, 3, S, S) float32 in [0, 1].
+
+        yaw / pitch / roll: optional (N,) head angles in degrees that replace the predicted ones (the official
+        `input_yaw` / `input_pitch` / `input_roll` sequences).
+        """
+        kp_driving = self.driving_keypoints(state, target_windows, yaw=yaw, pitch=pitch, roll=roll)
+        dtype = state.feature_3d.dtype
+        kp_source = state.kp_source.to(dtype).expand(kp_driving.shape[0], -1, -1)
+        return self.generator.animate(state.feature_3d, kp_source, kp_driving.to(dtype)).float()

@@ -1,0 +1,175 @@
+"""Renderer networks against the official keys and the cheap golden arrays (mapping outputs, keypoints, volume).
+
+The full generator forward (intermediates, logits, frames) is checked once per case in test_render.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import fakes
+import numpy as np
+import pytest
+import torch
+
+from sadtalker.nets.blocks import SpectralNormConv2d, make_coordinate_grid
+from sadtalker.nets.generator import OcclusionAwareSPADEGenerator, keypoint_gaussians
+from sadtalker.nets.keypoints import KPDetector
+from sadtalker.nets.mapping import MappingNet
+
+CASES = ("fr256_nonstill", "fr256_still", "fr256_still_small", "fr512_nonstill_1f")
+RENDERER_FILES = (fakes.SAFETENSORS_256, fakes.SAFETENSORS_512)
+
+# Official sigma = u . (W v) of the 18 spectral-norm convs with the fake weights (shared/golden/facerender README,
+# "Spectral-norm sigma with revision 2"), given there to 4 decimals.
+OFFICIAL_SIGMA = {
+    **{f"G_middle_{i}.conv_{j}": s for i, pair in enumerate([(1.3275, 1.3335), (1.3256, 1.3303), (1.3251, 1.3370),
+                                                             (1.3355, 1.3274), (1.3303, 1.3314), (1.3231, 1.3229)])
+       for j, s in enumerate(pair)},
+    "up_0.conv_0": 1.2357, "up_0.conv_1": 1.3229, "up_0.conv_s": 1.6919,
+    "up_1.conv_0": 1.1561, "up_1.conv_1": 1.3298, "up_1.conv_s": 1.4875,
+}
+
+
+# Building the fake generator state is slow (spectral-norm SVDs): build each component once per module.
+fake_state = functools.cache(fakes.fake_state)
+
+
+def _manifest_shapes(file_name: str, prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    entry = fakes.manifest()[file_name]
+    return {key[len(prefix) + 1:]: (tuple(shape), dtype) for key, (shape, dtype) in entry.items()
+            if key.startswith(prefix + ".")}
+
+
+def _state_shapes(module: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {key: (tuple(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in
+            module.state_dict().items()}
+
+
+@pytest.mark.parametrize("file_name", RENDERER_FILES)
+@pytest.mark.parametrize(("prefix", "build"), [("kp_extractor", KPDetector),
+                                               ("generator", OcclusionAwareSPADEGenerator)])
+def test_state_dict_matches_official_keys(file_name, prefix, build):
+    module = build()
+    assert _state_shapes(module) == _manifest_shapes(file_name, prefix)
+    if file_name == fakes.SAFETENSORS_256:
+        module.load_state_dict(fake_state(file_name, prefix=prefix), strict=True)
+
+
+@pytest.mark.parametrize(("file_name", "coeff_nc"), [(fakes.MAPPING_70, 70), (fakes.MAPPING_73, 73)])
+def test_mapping_state_dict_matches_official_keys(file_name, coeff_nc):
+    module = MappingNet(coeff_nc=coeff_nc)
+    assert _state_shapes(module) == _manifest_shapes(file_name, "mapping")
+    module.load_state_dict(fake_state(file_name, prefix="mapping"), strict=True)
+
+
+# The 512 file has the 256 file's keys and shapes, so its fake tensors are the same (the golden 512 case used
+# them too): one set of fake networks serves both sizes.
+
+@pytest.fixture(scope="module")
+def generator() -> OcclusionAwareSPADEGenerator:
+    module = OcclusionAwareSPADEGenerator()
+    module.load_state_dict(fake_state(fakes.SAFETENSORS_256, prefix="generator"), strict=True)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def kp_detector() -> KPDetector:
+    module = KPDetector()
+    module.load_state_dict(fake_state(fakes.SAFETENSORS_256, prefix="kp_extractor"), strict=True)
+    return module.eval()
+
+
+def test_spectral_norm_uses_stored_vectors(generator):
+    layers = {name.removeprefix("decoder."): module for name, module in generator.named_modules()
+              if isinstance(module, SpectralNormConv2d)}
+    assert set(layers) == set(OFFICIAL_SIGMA)
+    for name, layer in layers.items():
+        with torch.no_grad():
+            weight = layer.effective_weight()
+        ratio = (layer.weight_orig / weight).flatten()
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-6), name
+        assert abs(ratio[0].item() - OFFICIAL_SIGMA[name]) < 6e-5, name
+        # Fake rule 6 makes (u, v) the top singular pair of weight_orig, so the effective weight maps v to u.
+        mapped = weight.reshape(weight.shape[0], -1).double() @ layer.weight_v.double()
+        torch.testing.assert_close(mapped, layer.weight_u.double(), atol=1e-6, rtol=0)
+
+
+def test_coordinate_grid_and_gaussians(golden):
+    data = golden("kp_transform_unit")
+    grid = make_coordinate_grid(16, 64, 64)
+    np.testing.assert_array_equal(grid[[0, 15]][:, [0, 63]][:, :, [0, 63]].numpy(),
+                                  data["coordinate_grid_16x64x64_corner"])
+    gaussians = keypoint_gaussians(torch.from_numpy(data["kp_canonical"][:1]), grid)
+    np.testing.assert_allclose(gaussians.double().sum(dim=(2, 3, 4)).numpy(), data["kp2gaussian_b0_16x64x64_sum"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(gaussians[0, 0, 8].numpy(), data["kp2gaussian_b0_k0_depth8"], atol=1e-6)
+
+
+def _source_image(data: dict[str, np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(data["source_image_u8"].astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
+
+
+def _kp_tolerance(case: str, expected: np.ndarray) -> dict[str, float]:
+    """atol 1e-5; fr256_still feeds the raw crop triple (~128) into the mapping net, so its float32 rounding
+    scales with the values (up to ~127): there, 1e-5 of the array's largest magnitude."""
+    scale = float(np.abs(expected).max()) if case == "fr256_still" else 1.0
+    return {"atol": 1e-5 * max(scale, 1.0), "rtol": 0.0}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kp_detector_matches_official(golden, kp_detector, case):
+    data = golden(case)
+    with torch.inference_mode():
+        kp = kp_detector(_source_image(data))
+    np.testing.assert_allclose(kp[0].numpy(), data["kp_canonical"][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mapping_matches_official(golden, case):
+    data = golden(case)
+    coeff_nc = data["source_semantics"].shape[1]
+    mapping = MappingNet(coeff_nc=coeff_nc)
+    file_name = fakes.MAPPING_70 if coeff_nc == 70 else fakes.MAPPING_73
+    mapping.load_state_dict(fake_state(file_name, prefix="mapping"), strict=True)
+    mapping.eval().double()  # as the Renderer runs it (see sadtalker.render.keypoint_dtype)
+    windows = data["target_semantics_list"]
+    with torch.inference_mode():
+        source = mapping(torch.from_numpy(data["source_semantics"]).double())
+        driving = mapping(torch.from_numpy(windows.reshape(-1, *windows.shape[2:])).double())
+    for name in ("yaw", "pitch", "roll", "t", "exp"):
+        expected = data[f"he_source_{name}"]
+        np.testing.assert_allclose(source[name].numpy(), expected, **_kp_tolerance(case, expected), err_msg=name)
+        expected = data[f"he_driving_{name}"].reshape(len(driving[name]), -1)
+        np.testing.assert_allclose(driving[name].numpy(), expected, **_kp_tolerance(case, expected), err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["fr256_nonstill", "fr512_nonstill_1f"])
+def test_source_volume_matches_official(golden, generator, case):
+    data = golden(case)
+    with torch.inference_mode():
+        volume = generator.encode_source(_source_image(data))
+    size = data["source_image_u8"].shape[0]
+    assert volume.shape == (1, 32, 16, size // 4, size // 4)
+    if "g0_feature_3d_depth8" in data:
+        np.testing.assert_allclose(volume[0, :, 8].numpy(), data["g0_feature_3d_depth8"], atol=1e-4, rtol=0)
+    batch = int(data["batch_size"])  # the official sum covers every (identical) batch row
+    np.testing.assert_allclose(batch * volume.double().sum().item(), data["g0_feature_3d_sum"][0], rtol=1e-6)
+
+
+def test_animate_shares_one_source_volume(generator):
+    """N frames driven from one (1, ...) volume equal the same frames from an explicitly repeated volume.
+
+    Not bit-identical: oneDNN picks other convolution kernels for another batch size, which moves frames by
+    about 2e-5 (the official code's own 1- vs 2-thread noise is up to 1.6e-5).
+    """
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        volume = generator.encode_source(torch.rand(1, 3, 128, 128))
+        kp_source = (torch.rand(1, 15, 3) * 2 - 1).expand(2, -1, -1)
+        kp_driving = kp_source + 0.1 * torch.randn(2, 15, 3)
+        shared = generator.animate(volume, kp_source, kp_driving)
+        repeated = generator.animate(volume.repeat(2, 1, 1, 1, 1), kp_source, kp_driving)
+    assert shared.shape == (2, 3, 128, 128)
+    assert 0 < shared.min() and shared.max() < 1
+    torch.testing.assert_close(shared, repeated, atol=1e-4, rtol=0)
