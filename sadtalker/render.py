@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +25,9 @@ NUM_POSE_BINS = 66
 DEGREES_PER_BIN = 3
 FIRST_BIN_DEGREES = -99
 WINDOW = 27  # coefficient frames per mapping-net input (t-13 .. t+13)
+
+Array = np.ndarray | torch.Tensor
+Angles = np.ndarray | torch.Tensor | float | None
 
 
 def headpose_to_degrees(logits: torch.Tensor) -> torch.Tensor:
@@ -112,8 +116,9 @@ class Renderer:
     """Holds the three renderer networks (in eval mode) and renders frames for one source at a time.
 
     The mapping net is kept in `keypoint_dtype` (it is tiny); the keypoint detector and generator run in their
-    own dtype. Frames do not depend on how the caller groups windows into calls (no batch statistics anywhere),
-    so any batching gives the frames of the official batch layout.
+    own dtype. Nothing depends on the batch (no batch statistics), so any grouping of windows into calls gives the
+    frames of the official batch layout, up to float32 summation order (oneDNN may pick other kernels for another
+    batch size; about 1e-5).
     """
 
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareSPADEGenerator, mapping: MappingNet):
@@ -124,7 +129,7 @@ class Renderer:
         self.coeff_channels = mapping.first[0].in_channels
 
     @staticmethod
-    def _input_for(network: torch.nn.Module, array) -> torch.Tensor:
+    def _input_for(network: torch.nn.Module, array: Array | float) -> torch.Tensor:
         """Any array-like -> a tensor on the network's device, in its floating dtype."""
         reference = next(network.parameters())
         return torch.as_tensor(array).to(device=reference.device, dtype=reference.dtype)
@@ -135,7 +140,7 @@ class Renderer:
                                f"mapping net, got shape {tuple(windows.shape)}")
 
     @torch.inference_mode()
-    def prepare_source(self, source_image, source_semantics) -> SourceState:
+    def prepare_source(self, source_image: Array, source_semantics: Array) -> SourceState:
         """source_image (1, 3, S, S) float RGB in [0, 1], S a multiple of 128 (256 or 512 for the released
         weights); source_semantics (1, C, 27): the source coefficient row repeated over the window, C = the
         mapping net's 70 or 73. -> SourceState."""
@@ -151,8 +156,8 @@ class Renderer:
         return SourceState(kp_canonical=kp_canonical, kp_source=kp_source, feature_3d=feature_3d)
 
     @torch.inference_mode()
-    def driving_keypoints(self, state: SourceState, target_windows, *, yaw=None, pitch=None,
-                          roll=None) -> torch.Tensor:
+    def driving_keypoints(self, state: SourceState, target_windows: Array, *, yaw: Angles = None,
+                          pitch: Angles = None, roll: Angles = None) -> torch.Tensor:
         """target_windows (N, C, 27) -> kp_driving (N, 15, 3) in the keypoint dtype.
 
         yaw / pitch / roll: optional (N,) degrees that replace the predicted angles.
@@ -164,13 +169,16 @@ class Renderer:
         return transform_keypoints(state.kp_canonical, self.mapping(windows), **overrides)
 
     @torch.inference_mode()
-    def render(self, state: SourceState, target_windows, yaw=None, pitch=None, roll=None) -> torch.Tensor:
+    def render(self, state: SourceState, target_windows: Array, yaw: Angles = None, pitch: Angles = None,
+               roll: Angles = None) -> torch.Tensor:
         """target_windows (N, C, 27) -> frames (N, 3, S, S) float32 in [0, 1].
 
         yaw / pitch / roll: optional (N,) head angles in degrees that replace the predicted ones (the official
         `input_yaw` / `input_pitch` / `input_roll` sequences).
         """
         kp_driving = self.driving_keypoints(state, target_windows, yaw=yaw, pitch=pitch, roll=roll)
+        if len(kp_driving) == 0:
+            return torch.zeros(0, 3, state.size, state.size, device=kp_driving.device)
         dtype = state.feature_3d.dtype
         kp_source = state.kp_source.to(dtype).expand(kp_driving.shape[0], -1, -1)
         return self.generator.animate(state.feature_3d, kp_source, kp_driving.to(dtype)).float()

@@ -35,6 +35,12 @@ OFFICIAL_SIGMA = {
 fake_state = functools.cache(fakes.fake_state)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_fake_states():
+    yield
+    fake_state.cache_clear()
+
+
 def _manifest_shapes(file_name: str, prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
     entry = fakes.manifest()[file_name]
     return {key[len(prefix) + 1:]: (tuple(shape), dtype) for key, (shape, dtype) in entry.items()
@@ -155,21 +161,3 @@ def test_source_volume_matches_official(golden, generator, case):
         np.testing.assert_allclose(volume[0, :, 8].numpy(), data["g0_feature_3d_depth8"], atol=1e-4, rtol=0)
     batch = int(data["batch_size"])  # the official sum covers every (identical) batch row
     np.testing.assert_allclose(batch * volume.double().sum().item(), data["g0_feature_3d_sum"][0], rtol=1e-6)
-
-
-def test_animate_shares_one_source_volume(generator):
-    """N frames driven from one (1, ...) volume equal the same frames from an explicitly repeated volume.
-
-    Not bit-identical: oneDNN picks other convolution kernels for another batch size, which moves frames by
-    about 2e-5 (the official code's own 1- vs 2-thread noise is up to 1.6e-5).
-    """
-    torch.manual_seed(0)
-    with torch.inference_mode():
-        volume = generator.encode_source(torch.rand(1, 3, 128, 128))
-        kp_source = (torch.rand(1, 15, 3) * 2 - 1).expand(2, -1, -1)
-        kp_driving = kp_source + 0.1 * torch.randn(2, 15, 3)
-        shared = generator.animate(volume, kp_source, kp_driving)
-        repeated = generator.animate(volume.repeat(2, 1, 1, 1, 1), kp_source, kp_driving)
-    assert shared.shape == (2, 3, 128, 128)
-    assert 0 < shared.min() and shared.max() < 1
-    torch.testing.assert_close(shared, repeated, atol=1e-4, rtol=0)

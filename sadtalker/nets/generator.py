@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (DownBlock2d, DownBlock3d, ResBlock3d, SameBlock2d, SPADEResBlock, UpBlock3d,
-                     make_coordinate_grid, relu_conv3x3_of_upsampled)
+from .blocks import (
+    DownBlock2d,
+    DownBlock3d,
+    ResBlock3d,
+    SameBlock2d,
+    SPADEResBlock,
+    UpBlock3d,
+    make_coordinate_grid,
+    relu_conv3x3_of_upsampled,
+)
 
 KP_VARIANCE = 0.01
 MASK_FLOOR = 1e-3
@@ -241,8 +249,12 @@ class OcclusionAwareSPADEGenerator(nn.Module):
         With return_intermediates, a dict instead: `prediction`, `logits` (before the sigmoid), `deformation`
         (N, 16, h, w, 3), `occlusion_map` (N, 1, h, w), `mask` (N, 16, 16, h, w), `decoder_input` (N, 256, h, w).
         """
-        motion = self.dense_motion_network(feature_3d, kp_source, kp_driving)
         frames = kp_driving.shape[0]
+        if frames % feature_3d.shape[0] or kp_source.shape[0] != frames:
+            raise ValueError(f"{frames} driving keypoint sets need kp_source with as many rows and a feature_3d batch "
+                             f"dividing it; got kp_source {tuple(kp_source.shape)}, feature_3d "
+                             f"{tuple(feature_3d.shape)}")
+        motion = self.dense_motion_network(feature_3d, kp_source, kp_driving)
         warped = sample_volume(feature_3d, motion["deformation"].unsqueeze(1)).reshape(
             frames, -1, *feature_3d.shape[-2:])
         decoder_input = self.fourth(self.third(warped)).mul_(motion["occlusion_map"])
