@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import InvalidInput, SadTalkerError
@@ -59,6 +60,69 @@ def _face_box(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def option_flag(name: str) -> str:
+    """How the command line names an option field (`pose_style` -> `--pose-style`, `blink` -> `--no-blink`)."""
+    from .options import option_spec
+
+    try:
+        return option_spec(name).flag
+    except KeyError:
+        return "--" + name.replace("_", "-")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One argument per GenerateOptions field (or the named ones), generated from its OptionSpec.
+
+    Defaults are not set on the namespace (argparse.SUPPRESS): only flags the user gave appear, so they can
+    override options loaded with --options-from. The help shows each default and range.
+    """
+    from .options import option_specs
+
+    group = parser.add_argument_group("generation options")
+    for spec in option_specs():
+        if names is not None and spec.name not in names:
+            continue
+        if spec.kind == "bool":
+            text = ("turn off: " + spec.help) if spec.default else spec.help
+            extra = f" [default: {'on' if spec.default else 'off'}]"
+        else:
+            shown = " ".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+            text = spec.help
+            extra = f" [default: {shown if shown not in (None, '') else 'none'}" + (
+                f"; range {spec.range_text}]" if spec.range_text and not spec.choices else "]")
+        common = {"dest": spec.name, "default": argparse.SUPPRESS, "help": text + extra}
+        if spec.kind == "bool":
+            group.add_argument(spec.flag, action="store_false" if spec.default else "store_true", **common)
+        elif spec.kind == "choice":
+            kind = type(spec.choices[0])
+            group.add_argument(spec.flag, type=kind, choices=spec.choices, **common)
+        elif spec.kind in ("int", "seed"):
+            group.add_argument(spec.flag, type=int, metavar="N", **common)
+        elif spec.kind == "float":
+            group.add_argument(spec.flag, type=float, metavar="X", **common)
+        elif spec.kind == "angles":
+            group.add_argument(spec.flag, type=float, nargs="+", metavar="DEG", **common)
+        elif spec.kind == "box":
+            group.add_argument(spec.flag, type=_face_box, metavar="X0,Y0,X1,Y1", **common)
+        elif spec.kind == "video":
+            group.add_argument(spec.flag, metavar="VIDEO", **common)
+        else:  # pragma: no cover - a new kind must get its argument here
+            raise AssertionError(f"no command-line form for option kind {spec.kind!r}")
+
+
+def options_from_args(args: argparse.Namespace, base=None):
+    """GenerateOptions from the flags given, over `base` (options loaded with --options-from) or the defaults."""
+    from .options import GenerateOptions, option_specs
+
+    given = {spec.name: getattr(args, spec.name) for spec in option_specs() if hasattr(args, spec.name)}
+    for name in ("yaw", "pitch", "roll", "face_box"):
+        if name in given:
+            given[name] = tuple(given[name])
+    if base is None:
+        return GenerateOptions(**given)
+    return base.replace(**given)
+
+
 def _stage_progress(stream):
     last = {"stage": None}
 
@@ -74,23 +138,19 @@ def _stage_progress(stream):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .options import GenerateOptions
-    from .pipeline import SadTalkerPipeline
     from .checkpoints.download import console_progress
+    from .options import saved_options
+    from .pipeline import SadTalkerPipeline
 
-    if args.audio is None and args.idle_seconds is None:
+    base = saved_options(args.options_from)[0] if args.options_from else None
+    options = options_from_args(args, base)
+    if args.audio is None and options.idle_seconds is None:
         raise InvalidInput("give --audio, or --idle-seconds for a video without speech")
-    options = GenerateOptions(
-        preprocess=args.preprocess, still=args.still, pose_style=args.pose_style,
-        expression_scale=args.expression_scale, head_motion_scale=args.head_motion_scale, blink=not args.no_blink,
-        size=args.size, batch_size=args.batch_size, enhancer=args.enhancer, ref_eyeblink=args.ref_eyeblink,
-        ref_pose=args.ref_pose, idle_seconds=args.idle_seconds, yaw=tuple(args.yaw or ()),
-        pitch=tuple(args.pitch or ()), roll=tuple(args.roll or ()), seed=args.seed,
-        face_detector=args.face_detector, face_box=args.face_box)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
     pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device,
                                  allow_download=not args.no_download, on_download_progress=console_progress(sys.stderr))
     output = Path(args.out) if args.out else None
@@ -134,29 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", required=True, help="portrait photo (any format Pillow reads)")
     gen.add_argument("--audio", help="speech: wav, mp3, flac, ogg, m4a, or a video file's audio")
     gen.add_argument("--out", metavar="FILE.mp4", help="output file (default: a new name under ./results)")
-    gen.add_argument("--preprocess", default="crop", choices=("crop", "extcrop", "resize", "full", "extfull"))
-    gen.add_argument("--still", action="store_true", help="keep the photo's head pose")
-    gen.add_argument("--pose-style", type=int, default=0, metavar="N", help="head-motion style 0..45")
-    gen.add_argument("--expression-scale", type=float, default=1.0, metavar="X")
-    gen.add_argument("--head-motion-scale", type=float, default=1.0, metavar="X")
-    gen.add_argument("--no-blink", action="store_true", help="no random eye blinks")
-    gen.add_argument("--size", type=int, default=256, choices=(256, 512))
-    gen.add_argument("--batch-size", type=int, default=2, metavar="N")
-    gen.add_argument("--enhancer", default="none", choices=("none", "gfpgan", "restoreformer", "codeformer"))
-    gen.add_argument("--ref-eyeblink", metavar="VIDEO", help="copy the eye blinks of this video")
-    gen.add_argument("--ref-pose", metavar="VIDEO", help="copy the head motion of this video")
-    gen.add_argument("--idle-seconds", type=float, metavar="S", help="no speech: an idle video this long")
-    gen.add_argument("--yaw", type=float, nargs="+", metavar="A", help="free-view yaw keyframes (degrees)")
-    gen.add_argument("--pitch", type=float, nargs="+", metavar="A", help="free-view pitch keyframes (degrees)")
-    gen.add_argument("--roll", type=float, nargs="+", metavar="A", help="free-view roll keyframes (degrees)")
-    gen.add_argument("--seed", type=int, help="same seed, same blinks and head motion")
+    gen.add_argument("--options-from", metavar="OLD.mp4|OLD.json",
+                     help="reuse the options and seed of a video made earlier; flags given here override them")
     gen.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     gen.add_argument("--no-download", action="store_true", help="never download missing weights")
     gen.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    gen.add_argument("--face-detector", default="facexlib", choices=("facexlib", "face-alignment", "dlib"))
-    gen.add_argument("--face-box", type=_face_box, metavar="X0,Y0,X1,Y1", help="use this face box, skip detection")
     gen.add_argument("--save-intermediates", metavar="DIR", help="keep landmarks, crop and coefficients as .npy")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    add_option_arguments(gen)
     gen.set_defaults(run=cmd_generate)
     bench = sub.add_parser("bench", help="seconds per stage and per frame, and memory, for an audio length")
     bench.add_argument("--image", required=True)
@@ -194,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except SadTalkerError as exc:
-        sys.stderr.write(f"error [{exc.code}]: {exc}\n")
+        sys.stderr.write(f"error [{exc.code}]: {exc.named_for(option_flag)}\n")
         return exc.exit_status
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

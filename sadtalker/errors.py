@@ -9,9 +9,16 @@ class SadTalkerError(Exception):
     code = "sadtalker_error"
     exit_status = 1
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, option: str | None = None):
         super().__init__(message)
         self.message = message
+        self.option = option  # the option (field name) at fault, so each front end can name it its own way
+
+    def named_for(self, rename) -> str:
+        """The message with the option named as `rename(option)` gives (`--pose-style` for the command line)."""
+        if self.option and self.message.startswith(self.option):
+            return rename(self.option) + self.message[len(self.option):]
+        return self.message
 
     def __str__(self) -> str:
         return self.message
