@@ -25,6 +25,7 @@ POSE_STYLES = 46
 MAX_BATCH_SIZE = 32
 MAX_FREE_VIEW_KEYFRAMES = 64
 MAX_SEED = 2**63 - 1
+HOST_ENHANCER_PREFIX = "host:"  # enhancer names the host adds, e.g. "host:CodeFormer" in the WebUI
 
 OptionKind = Literal["choice", "bool", "int", "float", "angles", "box", "video", "seed"]
 
@@ -234,6 +235,9 @@ def _validate(spec: OptionSpec, value: Any, options: GenerateOptions) -> None:
         raise InvalidInput(f"{name} must be {what}; got {value!r}", option=name)
 
     if spec.kind == "choice":
+        if name == "enhancer" and isinstance(value, str) and value.startswith(HOST_ENHANCER_PREFIX) \
+                and len(value) > len(HOST_ENHANCER_PREFIX):
+            return  # a restorer the host offers (the WebUI's GFPGAN / CodeFormer); the host resolves the name
         if value not in spec.choices or isinstance(value, bool):
             fail("one of " + ", ".join(map(str, spec.choices)))
     elif spec.kind == "bool":
