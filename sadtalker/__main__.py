@@ -167,6 +167,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .checkpoints.download import console_progress
+    from .pipeline import SadTalkerPipeline
+    from .preview import Nudge
+
+    options = options_from_args(args)
+    pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), allow_download=not args.no_download,
+                                 on_download_progress=console_progress(sys.stderr))
+    nudge = Nudge(*args.nudge) if args.nudge else None
+    found = pipeline.preview(args.image, options, face_index=args.face, nudge=nudge)
+    for number, face in enumerate(found.faces):
+        mark = "*" if number == found.chosen else " "
+        sys.stdout.write(f"{mark} face {number}: box {','.join(map(str, face.box))} score {face.score:.2f}\n")
+    for message in found.messages:
+        sys.stderr.write(f"note: {message}\n")
+    sys.stdout.write(f"{options.preprocess} crop: {','.join(map(str, found.crop_box))}\n")
+    if found.face_box is not None:
+        sys.stdout.write(f"to render this face: --face-box {','.join(map(str, found.face_box))}\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(found.image).save(out)
+    sys.stdout.write(f"{out}\n")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -203,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     add_option_arguments(gen)
     gen.set_defaults(run=cmd_generate)
+    preview = sub.add_parser("preview", help="draw the faces, landmarks and crop a run would use, before rendering")
+    preview.add_argument("--image", required=True, help="portrait photo")
+    preview.add_argument("--out", default="preview.png", metavar="FILE.png", help="where to save the picture")
+    preview.add_argument("--face", type=int, metavar="N", help="use face N (as numbered in the picture)")
+    preview.add_argument("--nudge", type=float, nargs=3, metavar=("DX", "DY", "SCALE"),
+                         help="move the face box by DX, DY (fractions of its size) and scale it")
+    preview.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    preview.add_argument("--no-download", action="store_true", help="never download missing weights")
+    add_option_arguments(preview, ("preprocess", "size", "face_detector", "face_box"))
+    preview.set_defaults(run=cmd_preview)
     bench = sub.add_parser("bench", help="seconds per stage and per frame, and memory, for an audio length")
     bench.add_argument("--image", required=True)
     bench.add_argument("--audio", help="speech file (default: synthetic speech-like audio)")

@@ -325,6 +325,17 @@ class SadTalkerPipeline:
         return TalkingHeadResult(video=target, sidecar=target.with_suffix(".json"), num_frames=sequence.num_frames,
                                  fps=options.fps, seconds=run.seconds, seed=seed, warnings=warnings)
 
+    def preview(self, image, options: GenerateOptions | None = None, *, face_index: int | None = None,
+                nudge=None):
+        """The faces in the photo and the crop a run with these options would use (see `sadtalker.preview`).
+        -> FacePreview; its `face_box` is what to pass as the `face_box` option to render exactly that."""
+        from .preview import preview_faces
+
+        options = options or GenerateOptions()
+        return preview_faces(load_image(image), self._detector(options.face_detector),
+                             preprocess=options.preprocess, size=options.size, face_index=face_index,
+                             face_box=options.face_box, nudge=nudge)
+
     def unload(self) -> None:
         self.models.unload()
         self._enhancers.clear()
