@@ -33,3 +33,17 @@ def fake_checkpoints(tmp_path_factory) -> Path:
     import fakes
 
     return fakes.write_fake_checkpoint_dir(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(fake_checkpoints, tmp_path_factory) -> Path:
+    """The fake files plus a fake 512 file whose tensors differ from the 256 file's (see fakes.FILE_SALT)."""
+    import os
+
+    import fakes
+
+    folder = tmp_path_factory.mktemp("models")
+    for item in fake_checkpoints.iterdir():
+        if item.is_file():
+            os.link(item, folder / item.name)
+    return fakes.write_fake_checkpoint_dir(folder, files=(fakes.SAFETENSORS_512,))

@@ -19,7 +19,7 @@ import torch
 
 import fakes
 from sadtalker import audio as audio_stage
-from sadtalker import motion
+from sadtalker import motion, render_inputs
 from sadtalker.errors import AudioError, Cancelled, ImageError, InvalidInput, NoFaceDetected
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalkerPipeline
@@ -27,15 +27,6 @@ from sadtalker.video import VideoWriter, probe, read_video_frames
 
 FRAMES = 5
 skimage_data = pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(scope="session")
-def models_dir(fake_checkpoints):
-    """256 file, both mappings, and the 512 name (the fake 256 and 512 files hold the same tensors)."""
-    target = fake_checkpoints / fakes.SAFETENSORS_512
-    if not target.exists():
-        os.link(fake_checkpoints / fakes.SAFETENSORS_256, target)
-    return fake_checkpoints
 
 
 @pytest.fixture(scope="session")
@@ -146,16 +137,16 @@ def test_composed_pipeline_equals_the_stages_in_the_official_order(pipeline, por
 
     ckpt = models_dir / fakes.SAFETENSORS_256
     exp_net, pose_net = load_component(ckpt, "audio2exp"), load_component(ckpt, "audio2pose")
-    official = motion.predict_coefficients(exp_net, pose_net, features.windows, source.coefficients, pose_style=0,
+    official = motion.audio_to_coefficients(exp_net, pose_net, features.windows, source.coefficients, pose_style=0,
                                            rng=random.Random(1234), generator=torch.Generator().manual_seed(1234))
     np.testing.assert_array_equal(sequence.coeffs, official.coeffs)
 
     streamed = np.stack(list(pipeline.render_frames(source, sequence, options)))
-    renderer = pipeline.models.renderer(256, False)
-    targets = motion.render_targets(official.coeffs, source.coefficients, preprocess="crop", still=False)
-    packed = motion.pack_batches(targets, 2)  # (bs, n, C, 27): batch row b holds frames b*n ...
+    renderer = pipeline.models.renderer(256, "crop")
+    targets = render_inputs.render_targets(official.coeffs, source.coefficients, preprocess="crop", still=False)
+    packed = render_inputs.pack_batches(targets, 2)  # (bs, n, C, 27): batch row b holds frames b*n ...
     image = torch.from_numpy(source.crop.face).permute(2, 0, 1)[None].float() / 255
-    state = renderer.prepare_source(image, motion.source_semantics(source.coefficients, "crop")[None])
+    state = renderer.prepare_source(image, render_inputs.source_semantics(source.coefficients, "crop")[None])
     calls = [renderer.render(state, packed[:, i]) for i in range(packed.shape[1])]
     frames = torch.stack(calls, 1).reshape(-1, 3, 256, 256)[:FRAMES]
     expected = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
