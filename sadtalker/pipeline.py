@@ -37,7 +37,7 @@ from .face.paste import PasteBack, aspect_frame
 from .face.reconstruct import source_coefficients
 from .image import load_image
 from .options import GenerateOptions
-from .render import Renderer, SourceState, frames_to_uint8, source_image_input
+from .render import Renderer, frames_to_uint8, source_image_input
 from .video import VideoWriter, read_video_frames, unique_output_path
 
 log = logging.getLogger("sadtalker")
@@ -241,26 +241,17 @@ class SadTalkerPipeline:
                       run: _Run | None = None) -> Iterator[np.ndarray]:
         """Coefficients -> rendered face frames (S, S, 3) uint8, in order, `batch_size` per network call."""
         renderer = self.models.renderer(options.size, options.preprocess)
-        targets = render_inputs.render_targets(sequence.coeffs, source.coefficients, preprocess=options.preprocess,
-                                               still=options.still, expression_scale=options.expression_scale,
-                                               head_motion_scale=options.head_motion_scale)
-        state = self._source_state(renderer, source, options)
-        total = len(targets)
-        angles = {name: render_inputs.free_view_angles(getattr(options, name), total)
-                  for name in ("yaw", "pitch", "roll") if getattr(options, name)}
+        inputs = render_inputs.renderer_inputs(sequence.coeffs, source.coefficients, options)
+        state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None])
+        total = inputs.num_frames
         for start in range(0, total, options.batch_size):
             if run is not None:
                 run.check_cancel()
             stop = min(start + options.batch_size, total)
-            windows = render_inputs.frame_windows(targets, start, stop)
-            frames = renderer.render(state, windows, **{k: v[start:stop] for k, v in angles.items()})
-            yield from frames_to_uint8(frames)
+            windows, angles = inputs.batch(start, stop)
+            yield from frames_to_uint8(renderer.render(state, windows, **angles))
             if run is not None:
                 run.progress(stop, total)
-
-    def _source_state(self, renderer: Renderer, source: SourceFace, options: GenerateOptions) -> SourceState:
-        semantics = render_inputs.source_semantics(source.coefficients, options.preprocess)[None]
-        return renderer.prepare_source(source_image_input(source.crop.face), semantics)
 
     def _enhancer(self, name: str):
         if name not in self._enhancers:

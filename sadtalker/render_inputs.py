@@ -7,6 +7,7 @@ Coefficient layout as in `motion.py`. Functions take numpy arrays and return num
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import get_args
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .errors import InvalidInput
 from .motion import COEFF_SIZE, EXP, POSE, SOURCE_COEFF_SIZE, coeff_rows, source_row
-from .options import Preprocess
+from .options import GenerateOptions, Preprocess
 
 SEMANTIC_RADIUS = 13  # a window holds frames t-13 .. t+13
 PREPROCESS_MODES = get_args(Preprocess)
@@ -109,3 +110,37 @@ def free_view_angles(keyframes_deg: Sequence[float], num_frames: int) -> np.ndar
     values = values[:num_frames] or [keys[0]]
     values += [values[-1]] * (num_frames - len(values))
     return np.asarray(values, np.float64).astype(np.float32)
+
+
+FREE_VIEW = ("yaw", "pitch", "roll")
+
+
+@dataclass(frozen=True)
+class RendererInputs:
+    """Everything the renderer is fed for one video, from the coefficients and the options (nothing rendered).
+
+    targets (T, C) per-frame coefficients (C = 70, or 73 for full modes); semantics (C, 27) the source's window;
+    angles: the free-view sequences given ((T,) degrees each, only for yaw / pitch / roll keyframes set).
+    """
+
+    targets: np.ndarray
+    semantics: np.ndarray
+    angles: dict[str, np.ndarray]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.targets)
+
+    def batch(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Frames start..stop-1: their windows (n, C, 27) and their free-view angles (n,) by name."""
+        return frame_windows(self.targets, start, stop), {k: v[start:stop] for k, v in self.angles.items()}
+
+
+def renderer_inputs(coeffs: np.ndarray, source: np.ndarray, options: GenerateOptions) -> RendererInputs:
+    """The renderer's inputs as the options ask: preprocess family, still, expression and head-motion scales,
+    yaw / pitch / roll keyframes."""
+    targets = render_targets(coeffs, source, preprocess=options.preprocess, still=options.still,
+                             expression_scale=options.expression_scale, head_motion_scale=options.head_motion_scale)
+    angles = {name: free_view_angles(getattr(options, name), len(targets))
+              for name in FREE_VIEW if getattr(options, name)}
+    return RendererInputs(targets, source_semantics(source, options.preprocess), angles)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ import soundfile
 import torch
 
 import fakes
-from sadtalker import audio as audio_stage
 from sadtalker import motion, render_inputs
 from sadtalker.errors import AudioError, Cancelled, ImageError, InvalidInput, NoFaceDetected
 from sadtalker.options import GenerateOptions
@@ -30,36 +28,8 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="session")
-def speech(tmp_path_factory) -> Path:
-    """0.2 s of real speech: espeak-ng, resampled to 16 kHz, the loudest 5-frame stretch."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is not installed (tools/setup-test-env.sh installs it)")
-    folder = tmp_path_factory.mktemp("speech")
-    raw = folder / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "Hello there, talking head."],
-                   check=True, capture_output=True)
-    wav = audio_stage.load_audio(raw)
-    window = FRAMES * audio_stage.SAMPLES_PER_FRAME
-    energy = np.convolve(wav**2, np.ones(window), mode="valid")
-    start = int(np.argmax(energy))
-    clip = folder / "speech.wav"
-    soundfile.write(clip, wav[start:start + window], 16000, subtype="PCM_16")
-    return clip
-
-
-@pytest.fixture(scope="session")
-def portrait(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("image") / "astronaut.png"
-    from PIL import Image
-
-    Image.fromarray(skimage_data.astronaut()).save(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def pipeline(models_dir):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    return SadTalkerPipeline(models_dir, allow_download=False)
+def speech(speech_clip) -> Path:
+    return speech_clip(FRAMES)
 
 
 def _dlib(**kw) -> GenerateOptions:
