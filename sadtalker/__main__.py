@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .device import DEVICE_CHOICES
 from .errors import InvalidInput, SadTalkerError
 
 
@@ -83,7 +84,7 @@ def add_option_arguments(parser: argparse.ArgumentParser, names: Sequence[str] |
         if names is not None and spec.name not in names:
             continue
         if spec.kind == "bool":
-            text = ("turn off: " + spec.help) if spec.default else spec.help
+            text = ("turn off " + spec.help) if spec.default else spec.help
             extra = f" [default: {'on' if spec.default else 'off'}]"
         else:
             shown = " ".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
@@ -111,16 +112,13 @@ def add_option_arguments(parser: argparse.ArgumentParser, names: Sequence[str] |
 
 
 def options_from_args(args: argparse.Namespace, base=None):
-    """GenerateOptions from the flags given, over `base` (options loaded with --options-from) or the defaults."""
+    """GenerateOptions from the flags given, laid over `base` (the values loaded with --options-from: a dict, or
+    GenerateOptions) or the defaults. A flag given replaces the loaded value before anything is validated."""
     from .options import GenerateOptions, option_specs
 
     given = {spec.name: getattr(args, spec.name) for spec in option_specs() if hasattr(args, spec.name)}
-    for name in ("yaw", "pitch", "roll", "face_box"):
-        if name in given:
-            given[name] = tuple(given[name])
-    if base is None:
-        return GenerateOptions(**given)
-    return base.replace(**given)
+    loaded = base.to_dict() if isinstance(base, GenerateOptions) else dict(base or {})
+    return GenerateOptions.from_dict({**loaded, **given})
 
 
 def _stage_progress(stream):
@@ -139,18 +137,13 @@ def _stage_progress(stream):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .checkpoints.download import console_progress
-    from .options import saved_options
+    from .options import saved_option_values
     from .pipeline import SadTalkerPipeline
 
-    base = saved_options(args.options_from)[0] if args.options_from else None
-    options = options_from_args(args, base)
+    loaded = saved_option_values(args.options_from) if args.options_from else None
+    options = options_from_args(args, loaded)
     if args.audio is None and options.idle_seconds is None:
         raise InvalidInput("give --audio, or --idle-seconds for a video without speech")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
     pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device,
                                  allow_download=not args.no_download, on_download_progress=console_progress(sys.stderr))
     output = Path(args.out) if args.out else None
@@ -225,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse the options and seed of a video made earlier; flags given here override them")
     gen.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     gen.add_argument("--no-download", action="store_true", help="never download missing weights")
-    gen.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    gen.add_argument("--device", default="cpu", choices=DEVICE_CHOICES,
+                     help="where the networks run (auto: CUDA, else Apple GPU, else cpu) [default: cpu]")
     gen.add_argument("--save-intermediates", metavar="DIR", help="keep landmarks, crop and coefficients as .npy")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     add_option_arguments(gen)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints.files import ENHANCER_FILES
+from .checkpoints.reader import UNREADABLE_FILE_ERRORS, is_out_of_memory
 from .errors import CorruptCheckpoint, InvalidInput, MissingDependency, MissingWeights, UnsupportedCheckpoint
 
 
@@ -117,7 +118,9 @@ def _load_descriptor(path: Path):
     loader = spandrel.ModelLoader(device="cpu")
     try:
         state_dict = loader.load_state_dict_from_file(path)
-    except Exception as exc:  # torch.load / safetensors raise many types for truncated or foreign files
+    except UNREADABLE_FILE_ERRORS as exc:
+        if is_out_of_memory(exc):
+            raise
         raise CorruptCheckpoint(f"{path.name}: cannot read it ({exc}); delete it and download it again") from exc
     try:
         descriptor = loader.load_from_state_dict(state_dict)

@@ -84,3 +84,18 @@ def _from_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
         alpha = array[:, :, 3:4].astype(np.float32) / 255.0
         array = (array[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(array)
+
+
+def rgb_image(image: np.ndarray, what: str = "the image", *, min_side: int = 2) -> np.ndarray:
+    """The one check of the face stages' input: an (H, W, 3) uint8 RGB array, each side >= min_side.
+
+    Returns it C-contiguous. Converting other arrays is `load_image`'s job; here anything else is an ImageError.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"{what} must be an (H, W, 3) uint8 RGB array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"{what} must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+    if min(image.shape[:2]) < min_side:
+        raise ImageError(f"{what} is too small ({image.shape[1]}x{image.shape[0]}); "
+                         f"at least {min_side} px on each side")
+    return np.ascontiguousarray(image)

@@ -1,5 +1,5 @@
-"""Coefficient sequences: blinks, expression and pose prediction, pose smoothing, reference-video motion, and the
-renderer's coefficient inputs (27-frame windows, batch packing, free-view angles).
+"""Audio -> coefficients (the paper's ExpNet and PoseVAE step): blinks, expression and pose prediction, pose
+smoothing, reference-video motion. What the renderer is fed from these coefficients is `render_inputs.py`.
 
 Coefficient layout: 70 = expression 0:64 | angles 64:67 (pitch, yaw, roll; radians) | translation 67:70; a source
 row adds the crop triple (s, tx, ty) at 70:73. Functions take numpy arrays (or tensors) and return float32 numpy
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import torch
@@ -34,8 +33,6 @@ BLINK_SHAPE = (0.5, 0.9, 1.0, 0.9, 0.5)
 EXPRESSION_CHUNK = 10
 SMOOTH_WINDOW = 13
 SMOOTH_POLYORDER = 2
-SEMANTIC_RADIUS = 13
-PREPROCESS_MODES = ("crop", "extcrop", "resize", "full", "extfull")
 
 
 # ---------------------------------------------------------------------------------------------------------- blinks
@@ -106,13 +103,13 @@ def apply_reference_blink(ref: np.ndarray, ratio: np.ndarray, ref_blink_coeffs: 
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Borrow blinks from a video: ref's expression (T, 0:64) becomes the looped video's, the ratio becomes 0."""
     ref = np.array(ref, np.float32, copy=True)
-    ref[:, EXP] = tile_reference(_coeff_rows(ref_blink_coeffs, "reference blink coefficients")[:, EXP], len(ref))
+    ref[:, EXP] = tile_reference(coeff_rows(ref_blink_coeffs, "reference blink coefficients")[:, EXP], len(ref))
     return ref, np.zeros_like(ratio, dtype=np.float32)
 
 
 def apply_reference_pose(coeffs: np.ndarray, ref_pose_coeffs: np.ndarray) -> np.ndarray:
     """Add a video's relative head motion: coeffs[t, 64:70] += video[t] - video[0] (video looped to T frames)."""
-    video_pose = tile_reference(_coeff_rows(ref_pose_coeffs, "reference pose coefficients")[:, POSE], len(coeffs))
+    video_pose = tile_reference(coeff_rows(ref_pose_coeffs, "reference pose coefficients")[:, POSE], len(coeffs))
     out = np.array(coeffs, np.float32, copy=True)
     out[:, POSE] = out[:, POSE] + (video_pose - video_pose[:1])
     return out
@@ -261,7 +258,7 @@ class CoefficientSequence:
         return len(self.coeffs)
 
 
-def predict_coefficients(exp_net: Audio2Exp, pose_net: Audio2Pose, windows: np.ndarray | torch.Tensor,
+def audio_to_coefficients(exp_net: Audio2Exp, pose_net: Audio2Pose, windows: np.ndarray | torch.Tensor,
                          source_coeff: np.ndarray, *, pose_style: int = 0, rng: random.Random | None = None,
                          generator: torch.Generator | None = None, use_blink: bool = True,
                          ref_blink_coeffs: np.ndarray | None = None, ref_pose_coeffs: np.ndarray | None = None,
@@ -300,10 +297,11 @@ def predict_coefficients(exp_net: Audio2Exp, pose_net: Audio2Pose, windows: np.n
 
 def source_ref(source_coeff: np.ndarray, num_frames: int) -> np.ndarray:
     """The networks' reference (T, 70): the source row's first 70 values repeated for every frame."""
-    return np.repeat(_source_row(source_coeff, COEFF_SIZE)[None, :COEFF_SIZE], num_frames, 0)
+    return np.repeat(source_row(source_coeff, COEFF_SIZE)[None, :COEFF_SIZE], num_frames, 0)
 
 
-def _source_row(source: np.ndarray, min_size: int) -> np.ndarray:
+def source_row(source: np.ndarray, min_size: int) -> np.ndarray:
+    """The source's coefficient row as (>= min_size,) float32, from (N,) or (1, N)."""
     row = np.asarray(source, np.float32)
     if row.ndim == 2 and len(row) >= 1:
         row = row[0]
@@ -313,100 +311,9 @@ def _source_row(source: np.ndarray, min_size: int) -> np.ndarray:
     return row
 
 
-def _coeff_rows(rows: np.ndarray, what: str) -> np.ndarray:
+def coeff_rows(rows: np.ndarray, what: str) -> np.ndarray:
+    """Per-frame coefficient rows (T, >= 70) as float32; `what` names them in the error."""
     rows = np.asarray(rows, np.float32)
     if rows.ndim != 2 or rows.shape[1] < COEFF_SIZE:
         raise InvalidInput(f"{what} must be (N, 70) or (N, 73), got {rows.shape}")
     return rows
-
-
-# ------------------------------------------------------------------------------------------------ renderer input
-
-def _is_full(preprocess: str) -> bool:
-    mode = preprocess.lower()
-    if mode not in PREPROCESS_MODES:
-        raise InvalidInput(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
-    return "full" in mode
-
-
-def render_targets(coeffs: np.ndarray, source: np.ndarray, *, preprocess: str, still: bool,
-                   expression_scale: float = 1.0, head_motion_scale: float = 1.0) -> np.ndarray:
-    """Per-frame renderer targets (T, C): C = 73 for full/extfull (source crop appended), else 70.
-
-    exp (0:64) is multiplied by `expression_scale`; the pose (64:70) is moved toward the source pose by
-    `head_motion_scale` (pose = source + scale * (pose - source); 1 = official, 0 = the source pose); `still`
-    replaces columns 64: (pose, and crop) by the source's, so it wins over the scale. The exp columns, which carry
-    the blinks, are kept in still mode.
-    """
-    full = _is_full(preprocess)
-    gen = _coeff_rows(coeffs, "coefficients")[:, :COEFF_SIZE].copy()
-    src = _source_row(source, SOURCE_COEFF_SIZE if full else COEFF_SIZE)
-    gen[:, EXP] *= np.float32(expression_scale)
-    if head_motion_scale != 1.0:
-        gen[:, POSE] = src[POSE] + np.float32(head_motion_scale) * (gen[:, POSE] - src[POSE])
-    if full:
-        gen = np.concatenate([gen, np.repeat(src[None, COEFF_SIZE:SOURCE_COEFF_SIZE], len(gen), 0)], 1)
-    if still:
-        gen[:, 64:] = src[64:gen.shape[1]]
-    return gen
-
-
-def source_semantics(source: np.ndarray, preprocess: str) -> np.ndarray:
-    """The renderer's source input (C, 27): the source row (70, or 73 for full modes) repeated over the window."""
-    size = SOURCE_COEFF_SIZE if _is_full(preprocess) else COEFF_SIZE
-    row = _source_row(source, size)[:size]
-    return np.repeat(row[:, None], 2 * SEMANTIC_RADIUS + 1, 1)
-
-
-def frame_windows(targets: np.ndarray, start: int, stop: int, *, radius: int = SEMANTIC_RADIUS) -> np.ndarray:
-    """Renderer windows of frames start..stop-1: (stop - start, C, 2r+1); frame t holds rows t-r..t+r (clamped).
-
-    Built on demand, so long clips never hold every window at once.
-    """
-    targets = np.asarray(targets)
-    frames = np.arange(start, stop)[:, None] + np.arange(-radius, radius + 1)[None]
-    return targets[np.clip(frames, 0, len(targets) - 1)].transpose(0, 2, 1)
-
-
-def split_batches(sequence: np.ndarray, batch_size: int) -> np.ndarray:
-    """Official batch layout: pad (T, ...) to a multiple of batch_size by repeating the last item, then reshape
-    row-major to (batch_size, n, ...), so batch row b holds frames b*n .. b*n+n-1."""
-    if batch_size < 1:
-        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
-    sequence = np.asarray(sequence)
-    missing = -len(sequence) % batch_size
-    if missing:
-        sequence = np.concatenate([sequence, np.repeat(sequence[-1:], missing, 0)], 0)
-    return sequence.reshape(batch_size, -1, *sequence.shape[1:])
-
-
-def pack_batches(targets: np.ndarray, batch_size: int) -> np.ndarray:
-    """The official `target_semantics_list`: (batch_size, n, C, 27) from targets (T, C). Holds every window:
-    for long clips use `frame_windows` per batch instead."""
-    return split_batches(frame_windows(targets, 0, len(targets)), batch_size)
-
-
-def free_view_angles(keyframes_deg: Sequence[float], num_frames: int) -> np.ndarray:
-    """Camera angle per frame (T,) float32, degrees, from keyframes (official gen_camera_pose, without packing).
-
-    One value: constant. Several: the total |change| is spread evenly over the T-1 frame steps and each segment is
-    arange(start, end, +-step); the list is cut, or padded with its last value, to T. (A segment with no change
-    adds no frames; the official code divides by zero there.)
-    """
-    keys = [float(k) for k in keyframes_deg]
-    if not keys:
-        raise InvalidInput("free-view angles need at least one keyframe")
-    if len(keys) == 1 or num_frames < 2:
-        return np.full(num_frames, keys[0], np.float32)
-    segments = list(pairwise(keys))
-    total = 0.0
-    for prev, cur in segments:
-        total += abs(cur - prev)
-    per_frame = total / (num_frames - 1)
-    values: list[float] = []
-    for prev, cur in segments:
-        if cur != prev:  # the official formula divides by the change
-            values.extend(np.arange(prev, cur, per_frame * abs(cur - prev) / (cur - prev)).tolist())
-    values = values[:num_frames] or [keys[0]]
-    values += [values[-1]] * (num_frames - len(values))
-    return np.asarray(values, np.float64).astype(np.float32)

@@ -60,11 +60,13 @@ class OptionSpec:
         """'0..45', 'crop|extcrop|…' or '' — what the help and the README show."""
         if self.choices:
             return "|".join(str(c) for c in self.choices)
-        if self.kind == "seed":
-            return ""
         if self.minimum is not None and self.maximum is not None:
-            return f"{self.minimum:g}..{self.maximum:g}"
+            return f"{self.number_text(self.minimum)}..{self.number_text(self.maximum)}"
         return ""
+
+    def number_text(self, value: float) -> str:
+        """A bound as a person reads it: whole numbers for whole-number options (no 9.22337e+18 for the seed)."""
+        return str(int(value)) if self.kind in ("int", "seed") else f"{value:g}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (the API's `/options` route and the README table use this)."""
@@ -192,6 +194,14 @@ def saved_options(path: str | Path) -> tuple[GenerateOptions, int | None]:
 
     Returns the options with `seed` set to the seed the run used, so the same run can be reproduced.
     """
+    options = GenerateOptions.from_dict(saved_option_values(path))
+    return options, options.seed
+
+
+def saved_option_values(path: str | Path) -> dict[str, Any]:
+    """The raw option values stored with a video we made (seed included), not yet validated: a front end lays
+    the values its user gives over them first, so a given value replaces a stored one that no longer holds
+    (a reference video that has moved)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no such file: {path.name}", option="options_from")
@@ -212,8 +222,7 @@ def saved_options(path: str | Path) -> tuple[GenerateOptions, int | None]:
     seed = record.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool):
         values["seed"] = seed
-    options = GenerateOptions.from_dict(values)
-    return options, options.seed
+    return values
 
 
 # -- validation -------------------------------------------------------------------------------------------------
@@ -230,6 +239,7 @@ def _is_number(value: Any) -> bool:
 
 def _validate(spec: OptionSpec, value: Any, options: GenerateOptions) -> None:
     name, low, high = spec.name, spec.minimum, spec.maximum
+    low_text, high_text = (spec.number_text(v) if v is not None else "" for v in (low, high))
 
     def fail(what: str) -> None:
         raise InvalidInput(f"{name} must be {what}; got {value!r}", option=name)
@@ -247,19 +257,19 @@ def _validate(spec: OptionSpec, value: Any, options: GenerateOptions) -> None:
         if spec.kind == "seed" and value is None:
             return
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            fail(f"a whole number from {low:g} to {high:g}")
+            fail(f"a whole number from {low_text} to {high_text}")
     elif spec.kind == "float":
         if value is None and spec.default is None:
             return
         if not _is_number(value) or not low <= value <= high:
-            fail(f"a number from {low:g} to {high:g}")
+            fail(f"a number from {low_text} to {high_text}")
     elif spec.kind == "angles":
         if not isinstance(value, (tuple, list)):
             fail("a list of angles in degrees")
         if len(value) > MAX_FREE_VIEW_KEYFRAMES:
             raise InvalidInput(f"{name}: at most {MAX_FREE_VIEW_KEYFRAMES} keyframes", option=name)
         if not all(_is_number(v) and low <= v <= high for v in value):
-            fail(f"angles from {low:g} to {high:g} degrees")
+            fail(f"angles from {low_text} to {high_text} degrees")
     elif spec.kind == "box":
         if value is None:
             return

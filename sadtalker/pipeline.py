@@ -21,13 +21,14 @@ import soundfile
 import torch
 
 from . import audio as audio_stage
-from . import motion
+from . import motion, render_inputs
 from .checkpoints import files
 from .checkpoints.check import verify_weight_file
 from .checkpoints.components import load_component
 from .checkpoints.download import ensure_files
 from .checkpoints.paths import ModelPaths
 from .checkpoints.reader import CheckpointReader
+from .device import resolve_device
 from .errors import AudioError, Cancelled, InvalidInput
 from .face.align import align_for_face3d
 from .face.crop import CroppedFace, crop_face
@@ -36,7 +37,7 @@ from .face.paste import PasteBack, aspect_frame
 from .face.reconstruct import source_coefficients
 from .image import load_image
 from .options import GenerateOptions
-from .render import Renderer, SourceState
+from .render import Renderer, frames_to_uint8, source_image_input
 from .video import VideoWriter, read_video_frames, unique_output_path
 
 log = logging.getLogger("sadtalker")
@@ -74,7 +75,7 @@ class ModelStore:
     def __init__(self, paths: ModelPaths, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  allow_download: bool = False, on_download_progress: Callable[[str, int, int | None], None] | None = None):
         self.paths = paths
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.allow_download = allow_download
         self.on_download_progress = on_download_progress
@@ -106,13 +107,14 @@ class ModelStore:
     def face3d(self, size: int) -> torch.nn.Module:
         return self._component(files.sadtalker_file(size), "face_3drecon", torch.float32)
 
-    def renderer(self, size: int, full: bool) -> Renderer:
-        key = ("renderer", size, full)
+    def renderer(self, size: int, preprocess: str) -> Renderer:
+        mapping_wf = files.mapping_file(preprocess)
+        key = ("renderer", size, mapping_wf.name)
         if key not in self._cache:
             wf = files.sadtalker_file(size)
-            mapping_wf = files.MAPPING_FULL if full else files.MAPPING_CROP
+            (mapping_id,) = mapping_wf.components
             self._cache[key] = Renderer(self._component(wf, "kp_extractor"), self._component(wf, "generator"),
-                                        self._component(mapping_wf, "mapping73" if full else "mapping70"))
+                                        self._component(mapping_wf, mapping_id))
         return self._cache[key]  # type: ignore[return-value]
 
     def unload(self) -> None:
@@ -230,7 +232,7 @@ class SadTalkerPipeline:
             ref_pose = ref_blink
         else:
             ref_pose = self.reference_coefficients(options.ref_pose, options) if options.ref_pose else None
-        return motion.predict_coefficients(
+        return motion.audio_to_coefficients(
             exp_net, pose_net, features.windows, source.coefficients, pose_style=options.pose_style,
             rng=random.Random(seed), generator=torch.Generator().manual_seed(seed), use_blink=options.blink,
             ref_blink_coeffs=ref_blink, ref_pose_coeffs=ref_pose)
@@ -238,29 +240,18 @@ class SadTalkerPipeline:
     def render_frames(self, source: SourceFace, sequence: motion.CoefficientSequence, options: GenerateOptions,
                       run: _Run | None = None) -> Iterator[np.ndarray]:
         """Coefficients -> rendered face frames (S, S, 3) uint8, in order, `batch_size` per network call."""
-        renderer = self.models.renderer(options.size, options.is_full)
-        targets = motion.render_targets(sequence.coeffs, source.coefficients, preprocess=options.preprocess,
-                                        still=options.still, expression_scale=options.expression_scale,
-                                        head_motion_scale=options.head_motion_scale)
-        state = self._source_state(renderer, source, options)
-        total = len(targets)
-        angles = {name: motion.free_view_angles(getattr(options, name), total)
-                  for name in ("yaw", "pitch", "roll") if getattr(options, name)}
+        renderer = self.models.renderer(options.size, options.preprocess)
+        inputs = render_inputs.renderer_inputs(sequence.coeffs, source.coefficients, options)
+        state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None])
+        total = inputs.num_frames
         for start in range(0, total, options.batch_size):
             if run is not None:
                 run.check_cancel()
             stop = min(start + options.batch_size, total)
-            windows = motion.frame_windows(targets, start, stop)
-            frames = renderer.render(state, windows, **{k: v[start:stop] for k, v in angles.items()})
-            frames_u8 = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            yield from frames_u8
+            windows, angles = inputs.batch(start, stop)
+            yield from frames_to_uint8(renderer.render(state, windows, **angles))
             if run is not None:
                 run.progress(stop, total)
-
-    def _source_state(self, renderer: Renderer, source: SourceFace, options: GenerateOptions) -> SourceState:
-        image = torch.from_numpy(source.crop.face).permute(2, 0, 1)[None].float() / 255.0
-        semantics = motion.source_semantics(source.coefficients, options.preprocess)[None]
-        return renderer.prepare_source(image, semantics)
 
     def _enhancer(self, name: str):
         if name not in self._enhancers:
@@ -293,6 +284,9 @@ class SadTalkerPipeline:
         complete); otherwise a new name is made in `output_dir` (never overwriting). A cancelled or failed run
         leaves no file behind and touches no earlier output."""
         options = options or GenerateOptions()
+        if audio is not None and options.idle_seconds is not None:
+            raise InvalidInput("idle_seconds makes a video without speech; give the audio or idle_seconds, not both",
+                               option="idle_seconds")
         seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
         run = _Run(on_progress, should_cancel)
         run.stage("face")

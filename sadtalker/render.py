@@ -30,6 +30,16 @@ Array = np.ndarray | torch.Tensor
 Angles = np.ndarray | torch.Tensor | float | None
 
 
+def source_image_input(face_u8: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 RGB face -> (1, 3, S, S) float32 in [0, 1], the renderer's source image."""
+    return torch.from_numpy(np.ascontiguousarray(face_u8)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Rendered frames (N, 3, S, S) float in [0, 1] -> (N, S, S, 3) uint8 RGB (clamped, rounded to nearest)."""
+    return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def headpose_to_degrees(logits: torch.Tensor) -> torch.Tensor:
     """Pose bin logits (B, 66) -> angle in degrees (B,): 3 * E[bin index] - 99 under softmax(logits)."""
     probabilities = F.softmax(logits, dim=1)

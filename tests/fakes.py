@@ -2,6 +2,11 @@
 
 Each tensor is a pure function of its full checkpoint key and shape, so any component can be built on its
 own (cheap) or whole files can be written (for the loaders and the `check` command).
+
+One departure from the shared rule: the 512 file holds the 256 file's keys and shapes, so by the rule both
+would hold the same tensors and loading the wrong size would go unnoticed. Our 512 fakes seed each key with
+"512:" + key (`FILE_SALT`). The golden 512 case was made with the 256 tensors: golden tests build it from
+`fake_state(SAFETENSORS_256, ...)`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ SAFETENSORS_256 = "SadTalker_V0.0.2_256.safetensors"
 SAFETENSORS_512 = "SadTalker_V0.0.2_512.safetensors"
 MAPPING_70 = "mapping_00229-model.pth.tar"
 MAPPING_73 = "mapping_00109-model.pth.tar"
+FILE_SALT = {SAFETENSORS_512: "512:"}  # prefixed to every key's seed text; files not named here follow the rule
 
 
 @lru_cache(maxsize=1)
@@ -36,8 +42,8 @@ def _leaf(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
-def _drawn(key: str, shape: tuple[int, ...]) -> np.ndarray:
-    rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+def _drawn(key: str, shape: tuple[int, ...], salt: str = "") -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32((salt + key).encode("utf-8")))
     draw = rng.standard_normal(shape)
     if len(shape) <= 1:
         base = 1.0 if _leaf(key) == "weight" else 0.0
@@ -46,12 +52,13 @@ def _drawn(key: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _spectral_vectors(weight_orig_key: str, weight_orig_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _spectral_vectors(weight_orig_key: str, weight_orig_shape: tuple[int, ...], salt: str = ""
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Top singular pair of the fake weight_orig reshaped to (out, -1).
 
     Through the eigenvectors of W W^T (out x out): the same vectors as a full SVD to ~1e-14 (the top singular
     values are well separated, see the golden README) and far faster than a full SVD on these shapes."""
-    w = torch.from_numpy(_drawn(weight_orig_key, weight_orig_shape).astype(np.float64).reshape(weight_orig_shape[0], -1))
+    w = torch.from_numpy(_drawn(weight_orig_key, weight_orig_shape, salt).astype(np.float64).reshape(weight_orig_shape[0], -1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 512x512 eigh is ~50x slower multi-threaded when the cores are busy
     try:
@@ -65,7 +72,7 @@ def _spectral_vectors(weight_orig_key: str, weight_orig_shape: tuple[int, ...]) 
     return u.astype(np.float32), v.astype(np.float32)
 
 
-def fake_value(entry: dict, key: str) -> np.ndarray:
+def fake_value(entry: dict, key: str, salt: str = "") -> np.ndarray:
     shape = tuple(int(s) for s in entry[key][0])
     leaf = _leaf(key)
     if leaf == "num_batches_tracked":
@@ -76,20 +83,21 @@ def fake_value(entry: dict, key: str) -> np.ndarray:
         return np.ones(shape, np.float32)
     if leaf in ("weight_u", "weight_v"):
         owner = key.rsplit(".", 1)[0] + ".weight_orig"
-        u, v = _spectral_vectors(owner, tuple(int(s) for s in entry[owner][0]))
+        u, v = _spectral_vectors(owner, tuple(int(s) for s in entry[owner][0]), salt)
         return u if leaf == "weight_u" else v
-    return _drawn(key, shape)
+    return _drawn(key, shape, salt)
 
 
 def fake_state(file_name: str, prefix: str | None = None, strip: bool = True) -> dict[str, torch.Tensor]:
     """Fake tensors of one official file; with `prefix`, only that component's keys (prefix stripped)."""
     entry = manifest()[file_name]
+    salt = FILE_SALT.get(file_name, "")
     out = {}
     for key in entry:
         if prefix is not None and not key.startswith(prefix + "."):
             continue
         name = key[len(prefix) + 1 :] if (prefix is not None and strip) else key
-        out[name] = torch.from_numpy(fake_value(entry, key))
+        out[name] = torch.from_numpy(fake_value(entry, key, salt))
     return out
 
 

@@ -147,7 +147,7 @@ def check_sequence(result: motion.CoefficientSequence, golden: dict, prefix: str
 
 @pytest.fixture(scope="module")
 def speech_style0(exp_net, pose_net, speech, frontend) -> motion.CoefficientSequence:
-    return motion.predict_coefficients(exp_net, pose_net, frontend["indiv_mels"], speech["first_coeff"],
+    return motion.audio_to_coefficients(exp_net, pose_net, frontend["indiv_mels"], speech["first_coeff"],
                                        pose_style=0, rng=random.Random(1234), generator=seeded(777))
 
 
@@ -158,7 +158,7 @@ def test_speech_style0_seeded_sources_reproduce_the_official_run(speech_style0, 
 
 
 def test_reference_video_blink_and_pose(exp_net, pose_net, speech, variants, frontend):
-    result = motion.predict_coefficients(exp_net, pose_net, frontend["indiv_mels"], speech["first_coeff"],
+    result = motion.audio_to_coefficients(exp_net, pose_net, frontend["indiv_mels"], speech["first_coeff"],
                                          rng=random.Random(1234), generator=seeded(777),
                                          ref_blink_coeffs=variants["refvid_coeff_in"],
                                          ref_pose_coeffs=variants["refvid_coeff_in"])
@@ -170,7 +170,7 @@ def test_reference_video_blink_and_pose(exp_net, pose_net, speech, variants, fro
 def test_idle_mode_is_all_zero_windows(exp_net, pose_net, speech, variants):
     assert tuple(variants["idle_indiv_mels_shape"]) == (1, 50, 1, 80, 16)
     windows = np.zeros((50, 80, 16), np.float32)
-    seeded_run = motion.predict_coefficients(exp_net, pose_net, windows, speech["first_coeff"], pose_style=7,
+    seeded_run = motion.audio_to_coefficients(exp_net, pose_net, windows, speech["first_coeff"], pose_style=7,
                                              rng=random.Random(99), generator=seeded(5))
     np.testing.assert_array_equal(seeded_run.ratio, variants["idle_ratio"])
     np.testing.assert_array_equal(seeded_run.z, variants["idle_z"])
@@ -178,24 +178,24 @@ def test_idle_mode_is_all_zero_windows(exp_net, pose_net, speech, variants):
 
 
 def test_short_clip_pad_branch_and_small_smoothing_window(exp_net, pose_net, speech, variants, frontend):
-    result = motion.predict_coefficients(exp_net, pose_net, frontend["short_indiv_mels"], speech["first_coeff"],
+    result = motion.audio_to_coefficients(exp_net, pose_net, frontend["short_indiv_mels"], speech["first_coeff"],
                                          pose_style=12, rng=random.Random(1234), generator=seeded(31))
     np.testing.assert_array_equal(result.ratio, variants["short_ratio"])
     np.testing.assert_array_equal(result.z, variants["short_z"])
     np.testing.assert_array_equal(motion.source_ref(speech["first_coeff"], 10), variants["short_ref"])
     check_sequence(result, variants, "short_")
-    replayed = motion.predict_coefficients(exp_net, pose_net, frontend["short_indiv_mels"], speech["first_coeff"][0],
+    replayed = motion.audio_to_coefficients(exp_net, pose_net, frontend["short_indiv_mels"], speech["first_coeff"][0],
                                            pose_style=12, ratio=variants["short_ratio"], z=variants["short_z"])
     check_sequence(replayed, variants, "short_")
 
 
 def test_use_blink_false_zeroes_the_ratio(exp_net, pose_net, speech, frontend):
-    result = motion.predict_coefficients(exp_net, pose_net, frontend["short_indiv_mels"][:3], speech["first_coeff"],
+    result = motion.audio_to_coefficients(exp_net, pose_net, frontend["short_indiv_mels"][:3], speech["first_coeff"],
                                          use_blink=False, ratio=np.ones((3, 1)), generator=seeded(1))
     assert not result.ratio.any() and result.coeffs.shape == (3, 70)
 
 
 def test_too_short_audio_is_a_clear_error(exp_net, pose_net, speech, frontend):
     with pytest.raises(InvalidInput, match="at least 3 video frames"):
-        motion.predict_coefficients(exp_net, pose_net, frontend["short_indiv_mels"][:2], speech["first_coeff"],
+        motion.audio_to_coefficients(exp_net, pose_net, frontend["short_indiv_mels"][:2], speech["first_coeff"],
                                     generator=seeded(1))

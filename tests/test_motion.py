@@ -12,7 +12,7 @@ import fakes
 import numpy as np
 import pytest
 
-from sadtalker import motion
+from sadtalker import motion, render_inputs
 from sadtalker.errors import InvalidInput
 from sadtalker.nets.audio2exp import Audio2Exp
 
@@ -107,57 +107,57 @@ def test_smoothing_short_sequences():
 # ------------------------------------------------------------------------------------------------ renderer input
 
 def test_case_a_crop(speech, batches):
-    targets = motion.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="crop", still=False)
-    packed = motion.pack_batches(targets, 2)
+    targets = render_inputs.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="crop", still=False)
+    packed = render_inputs.pack_batches(targets, 2)
     assert int(batches["A_frame_num"]) == len(targets) == 306
     close(packed[..., 13], batches["A_target_center"], PACK_ATOL)
-    close(motion.source_semantics(speech["first_coeff"], "crop"), batches["A_source_semantics"], PACK_ATOL)
+    close(render_inputs.source_semantics(speech["first_coeff"], "crop"), batches["A_source_semantics"], PACK_ATOL)
 
 
 def test_case_b_full_still_scaled_with_free_view(speech, batches):
-    targets = motion.render_targets(speech["style0_coeff"], speech["first_coeff"][0], preprocess="full",
+    targets = render_inputs.render_targets(speech["style0_coeff"], speech["first_coeff"][0], preprocess="full",
                                     still=True, expression_scale=1.3)
     assert targets.shape == (306, 73)
-    close(motion.pack_batches(targets, 2)[..., 13], batches["B_target_center"], PACK_ATOL)
-    close(motion.source_semantics(speech["first_coeff"], "full"), batches["B_source_semantics"], PACK_ATOL)
+    close(render_inputs.pack_batches(targets, 2)[..., 13], batches["B_target_center"], PACK_ATOL)
+    close(render_inputs.source_semantics(speech["first_coeff"], "full"), batches["B_source_semantics"], PACK_ATOL)
     for name, keys in (("yaw", [-20, 30, 0]), ("pitch", [5]), ("roll", [0, 10])):
-        angles = motion.free_view_angles(keys, 306)
+        angles = render_inputs.free_view_angles(keys, 306)
         assert angles.shape == (306,)
-        close(motion.split_batches(angles, 2), batches[f"B_{name}_c_seq"], PACK_ATOL)
+        close(render_inputs.split_batches(angles, 2), batches[f"B_{name}_c_seq"], PACK_ATOL)
 
 
 def test_case_c_short_full_windows(speech, variants, batches):
-    targets = motion.render_targets(variants["short_coeff"], speech["first_coeff"], preprocess="crop", still=False,
+    targets = render_inputs.render_targets(variants["short_coeff"], speech["first_coeff"], preprocess="crop", still=False,
                                     expression_scale=0.7)
-    close(motion.pack_batches(targets, 3), batches["C_target_full"], PACK_ATOL)
-    close(motion.source_semantics(speech["first_coeff"], "crop"), batches["C_source_semantics"], PACK_ATOL)
+    close(render_inputs.pack_batches(targets, 3), batches["C_target_full"], PACK_ATOL)
+    close(render_inputs.source_semantics(speech["first_coeff"], "crop"), batches["C_source_semantics"], PACK_ATOL)
 
 
 def test_frame_windows_on_demand_equal_the_packed_layout(speech):
-    targets = motion.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="extfull", still=False)
-    packed = motion.pack_batches(targets, 4)  # (4, 77, 73, 27): 306 frames + 2 repeats of the last window
+    targets = render_inputs.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="extfull", still=False)
+    packed = render_inputs.pack_batches(targets, 4)  # (4, 77, 73, 27): 306 frames + 2 repeats of the last window
     flat = packed.reshape(-1, 73, 27)
-    np.testing.assert_array_equal(motion.frame_windows(targets, 0, 306), flat[:306])
-    np.testing.assert_array_equal(motion.frame_windows(targets, 290, 306), flat[290:306])
+    np.testing.assert_array_equal(render_inputs.frame_windows(targets, 0, 306), flat[:306])
+    np.testing.assert_array_equal(render_inputs.frame_windows(targets, 290, 306), flat[290:306])
     np.testing.assert_array_equal(flat[306], flat[305])
-    window = motion.frame_windows(targets, 5, 6)[0]
+    window = render_inputs.frame_windows(targets, 5, 6)[0]
     np.testing.assert_array_equal(window[:, 0], targets[0])  # t-13 clamped to frame 0
     np.testing.assert_array_equal(window[:, 13], targets[5])
 
 
 def test_free_view_rule_edges():
-    np.testing.assert_array_equal(motion.free_view_angles([7.5], 4), [7.5] * 4)
-    ramp = motion.free_view_angles([0, 10], 11)
+    np.testing.assert_array_equal(render_inputs.free_view_angles([7.5], 4), [7.5] * 4)
+    ramp = render_inputs.free_view_angles([0, 10], 11)
     close(ramp, [*range(10), 9], 1e-5)  # 1 degree a step; arange stops short of the end, the last value pads
-    held = motion.free_view_angles([0, 0, 10], 6)  # a segment without change adds no frames
+    held = render_inputs.free_view_angles([0, 0, 10], 6)  # a segment without change adds no frames
     close(held, [0, 2, 4, 6, 8, 8], 1e-5)
     with pytest.raises(InvalidInput):
-        motion.free_view_angles([], 5)
+        render_inputs.free_view_angles([], 5)
 
 
 def test_render_targets_rejects_unknown_preprocess(speech):
     with pytest.raises(InvalidInput, match="preprocess"):
-        motion.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="fulll", still=False)
+        render_inputs.render_targets(speech["style0_coeff"], speech["first_coeff"], preprocess="fulll", still=False)
 
 
 # ----------------------------------------------------------------------------------------- head-motion scale
@@ -166,7 +166,7 @@ def test_head_motion_scale(speech):
     coeffs, source = speech["style0_coeff"], speech["first_coeff"][0]
 
     def targets(**kw):
-        return motion.render_targets(coeffs, source, preprocess="full", **kw)
+        return render_inputs.render_targets(coeffs, source, preprocess="full", **kw)
 
     official = targets(still=False)
     np.testing.assert_array_equal(targets(still=False, head_motion_scale=1.0), official)
@@ -194,10 +194,10 @@ def test_still_mode_keeps_the_blink_in_the_expression_columns(speech, golden):
     open_eyes = np.concatenate([motion.predict_expression(net, windows, ref, np.zeros_like(ratio)), pose], 1)
     for preprocess in ("full", "crop"):
         for coeffs in (blinking, open_eyes):
-            still = motion.render_targets(coeffs, speech["first_coeff"], preprocess=preprocess, still=True)
-            moving = motion.render_targets(coeffs, speech["first_coeff"], preprocess=preprocess, still=False)
+            still = render_inputs.render_targets(coeffs, speech["first_coeff"], preprocess=preprocess, still=True)
+            moving = render_inputs.render_targets(coeffs, speech["first_coeff"], preprocess=preprocess, still=False)
             np.testing.assert_array_equal(still[:, :64], moving[:, :64])
-        still_blink = motion.render_targets(blinking, speech["first_coeff"], preprocess=preprocess, still=True)
-        still_open = motion.render_targets(open_eyes, speech["first_coeff"], preprocess=preprocess, still=True)
+        still_blink = render_inputs.render_targets(blinking, speech["first_coeff"], preprocess=preprocess, still=True)
+        still_open = render_inputs.render_targets(open_eyes, speech["first_coeff"], preprocess=preprocess, still=True)
         difference = np.abs(still_blink[:, :64] - still_open[:, :64]).max(1)
         assert (difference[ratio[:, 0] > 0] > 1e-2).all() and (difference[ratio[:, 0] == 0] == 0).all()

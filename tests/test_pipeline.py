@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,7 @@ import soundfile
 import torch
 
 import fakes
-from sadtalker import audio as audio_stage
-from sadtalker import motion
+from sadtalker import motion, render_inputs
 from sadtalker.errors import AudioError, Cancelled, ImageError, InvalidInput, NoFaceDetected
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalkerPipeline
@@ -30,45 +28,8 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="session")
-def models_dir(fake_checkpoints):
-    """256 file, both mappings, and the 512 name (the fake 256 and 512 files hold the same tensors)."""
-    target = fake_checkpoints / fakes.SAFETENSORS_512
-    if not target.exists():
-        os.link(fake_checkpoints / fakes.SAFETENSORS_256, target)
-    return fake_checkpoints
-
-
-@pytest.fixture(scope="session")
-def speech(tmp_path_factory) -> Path:
-    """0.2 s of real speech: espeak-ng, resampled to 16 kHz, the loudest 5-frame stretch."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is not installed (tools/setup-test-env.sh installs it)")
-    folder = tmp_path_factory.mktemp("speech")
-    raw = folder / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "Hello there, talking head."],
-                   check=True, capture_output=True)
-    wav = audio_stage.load_audio(raw)
-    window = FRAMES * audio_stage.SAMPLES_PER_FRAME
-    energy = np.convolve(wav**2, np.ones(window), mode="valid")
-    start = int(np.argmax(energy))
-    clip = folder / "speech.wav"
-    soundfile.write(clip, wav[start:start + window], 16000, subtype="PCM_16")
-    return clip
-
-
-@pytest.fixture(scope="session")
-def portrait(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("image") / "astronaut.png"
-    from PIL import Image
-
-    Image.fromarray(skimage_data.astronaut()).save(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def pipeline(models_dir):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    return SadTalkerPipeline(models_dir, allow_download=False)
+def speech(speech_clip) -> Path:
+    return speech_clip(FRAMES)
 
 
 def _dlib(**kw) -> GenerateOptions:
@@ -146,16 +107,16 @@ def test_composed_pipeline_equals_the_stages_in_the_official_order(pipeline, por
 
     ckpt = models_dir / fakes.SAFETENSORS_256
     exp_net, pose_net = load_component(ckpt, "audio2exp"), load_component(ckpt, "audio2pose")
-    official = motion.predict_coefficients(exp_net, pose_net, features.windows, source.coefficients, pose_style=0,
+    official = motion.audio_to_coefficients(exp_net, pose_net, features.windows, source.coefficients, pose_style=0,
                                            rng=random.Random(1234), generator=torch.Generator().manual_seed(1234))
     np.testing.assert_array_equal(sequence.coeffs, official.coeffs)
 
     streamed = np.stack(list(pipeline.render_frames(source, sequence, options)))
-    renderer = pipeline.models.renderer(256, False)
-    targets = motion.render_targets(official.coeffs, source.coefficients, preprocess="crop", still=False)
-    packed = motion.pack_batches(targets, 2)  # (bs, n, C, 27): batch row b holds frames b*n ...
+    renderer = pipeline.models.renderer(256, "crop")
+    targets = render_inputs.render_targets(official.coeffs, source.coefficients, preprocess="crop", still=False)
+    packed = render_inputs.pack_batches(targets, 2)  # (bs, n, C, 27): batch row b holds frames b*n ...
     image = torch.from_numpy(source.crop.face).permute(2, 0, 1)[None].float() / 255
-    state = renderer.prepare_source(image, motion.source_semantics(source.coefficients, "crop")[None])
+    state = renderer.prepare_source(image, render_inputs.source_semantics(source.coefficients, "crop")[None])
     calls = [renderer.render(state, packed[:, i]) for i in range(packed.shape[1])]
     frames = torch.stack(calls, 1).reshape(-1, 3, 256, 256)[:FRAMES]
     expected = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -45,8 +45,6 @@ FACEXLIB_DETECTION = WeightFile("detection_Resnet50_Final.pth", (FACEXLIB + "v0.
                                 components=(), purpose="facexlib RetinaFace face detector", group="facexlib")
 FACEXLIB_ALIGNMENT = WeightFile("alignment_WFLW_4HG.pth", (FACEXLIB + "v0.1.0/alignment_WFLW_4HG.pth",),
                                 components=(), purpose="facexlib 98-point landmark network", group="facexlib")
-FACEXLIB_PARSING = WeightFile("parsing_parsenet.pth", (FACEXLIB + "v0.2.2/parsing_parsenet.pth",),
-                              components=(), purpose="facexlib face parsing (enhancer paste mask)", group="facexlib")
 GFPGAN_V14 = WeightFile("GFPGANv1.4.pth", ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",),
                         components=(), purpose="GFPGAN v1.4 face enhancer", group="enhancer")
 
@@ -57,7 +55,7 @@ CODEFORMER = WeightFile("codeformer.pth", ("https://github.com/sczhou/CodeFormer
                         components=(), purpose="CodeFormer face enhancer", group="enhancer")
 ENHANCER_FILES = {"gfpgan": GFPGAN_V14, "restoreformer": RESTOREFORMER, "codeformer": CODEFORMER}
 
-ALL_FILES = SADTALKER_FILES + (FACEXLIB_DETECTION, FACEXLIB_ALIGNMENT, FACEXLIB_PARSING) + tuple(ENHANCER_FILES.values())
+ALL_FILES = SADTALKER_FILES + (FACEXLIB_DETECTION, FACEXLIB_ALIGNMENT) + tuple(ENHANCER_FILES.values())
 
 
 def by_name(name: str) -> WeightFile:

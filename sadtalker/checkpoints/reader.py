@@ -7,6 +7,7 @@ torch pickles are opened with `weights_only=True` (never execute a pickle) and f
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,30 @@ import torch
 from ..errors import CorruptCheckpoint, MissingWeights
 
 SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _safetensors_error() -> type[Exception]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # older safetensors do not export it; their errors are among the ones below
+        return ValueError
+    return SafetensorError
+
+
+# What torch.load (weights_only) and safetensors raise for a truncated, damaged or foreign file: unpickling and
+# zip errors, EOF, and from the unpickler on garbage bytes ValueError / UnicodeDecodeError, IndexError / KeyError
+# and RuntimeError (the zip reader's "PytorchStreamReader failed ..."). Nothing else is "corrupt": MemoryError,
+# OSError (permissions, a full disk) and interrupts reach the caller as they are.
+UNREADABLE_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, LookupError, RuntimeError, _safetensors_error())
+
+_OUT_OF_MEMORY = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError; that is not a damaged file."""
+    return isinstance(exc, (MemoryError, *_OUT_OF_MEMORY)) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
 
 
 class CheckpointReader:
@@ -45,7 +70,9 @@ class CheckpointReader:
             with safe_open(str(self.path), framework="pt", device="cpu") as handle:
                 for key in handle.keys():
                     self._shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except Exception as exc:  # safetensors raises its own error types for truncated or malformed headers
+        except UNREADABLE_FILE_ERRORS as exc:
+            if is_out_of_memory(exc):
+                raise
             raise self._corrupt(f"not a readable safetensors file ({exc})") from exc
         expected_end = self._safetensors_data_end()
         if expected_end is not None and expected_end > self.path.stat().st_size:
@@ -64,7 +91,9 @@ class CheckpointReader:
     def _read_pickle(self) -> None:
         try:
             obj = self._torch_load()
-        except Exception as exc:
+        except UNREADABLE_FILE_ERRORS as exc:
+            if is_out_of_memory(exc):
+                raise
             raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
         if not isinstance(obj, dict):
             raise self._corrupt(f"holds a {type(obj).__name__}, not a dict of state dicts")
@@ -92,7 +121,9 @@ class CheckpointReader:
         try:
             with safe_open(str(self.path), framework="pt", device="cpu") as handle:
                 return {k[len(lead):]: handle.get_tensor(k) for k in wanted}
-        except Exception as exc:
+        except UNREADABLE_FILE_ERRORS as exc:
+            if is_out_of_memory(exc):
+                raise
             raise self._corrupt(f"could not read the '{prefix}' tensors ({exc})") from exc
 
 

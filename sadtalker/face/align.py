@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sadtalker.errors import ImageError, InvalidInput
+from sadtalker.errors import InvalidInput
+from sadtalker.image import rgb_image
 
 ALIGNED_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -105,7 +106,7 @@ def align_for_face3d(face_rgb: np.ndarray, lm68: np.ndarray, *, y_down: bool = T
     False (then already flipped to y up as H - 1 - y); (5, 2) points are used as the five points; all -1
     means no face: the standard face placed on the image is used instead.
     """
-    image = _check_image(face_rgb)
+    image = rgb_image(np.asarray(face_rgb), "the face")
     height, width = image.shape[:2]
     points = np.array(lm68, dtype=np.float32).reshape(-1, 2)
     if points.shape[0] not in (5, 68):
@@ -143,9 +144,3 @@ def _resize_and_cut(image: np.ndarray, points: np.ndarray, translation: np.ndarr
     landmarks = moved - np.array([width / 2 - half, height / 2 - half])
     return aligned, landmarks
 
-
-def _check_image(face_rgb: np.ndarray) -> np.ndarray:
-    image = np.asarray(face_rgb)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
-        raise ImageError(f"the face must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
-    return np.ascontiguousarray(image)

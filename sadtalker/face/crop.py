@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sadtalker.errors import ImageError, InvalidInput, NoFaceDetected
+from sadtalker.errors import InvalidInput, NoFaceDetected
+from sadtalker.image import rgb_image
 
 PREPROCESS_MODES = ("crop", "extcrop", "resize", "full", "extfull")
 
@@ -134,7 +135,7 @@ def crop_face(image_rgb: np.ndarray, lm68: np.ndarray | None, mode: str = "crop"
     NoFaceDetected (a cropping mode without landmarks).
     """
     _check_mode(mode)
-    image = _check_image(image_rgb)
+    image = rgb_image(np.asarray(image_rgb))
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise InvalidInput(f"the face size must be a positive integer, got {size!r}")
     height, width = image.shape[:2]
@@ -230,9 +231,3 @@ def _check_mode(mode: str) -> None:
     if mode not in PREPROCESS_MODES:
         raise InvalidInput(f"preprocess mode must be one of {', '.join(PREPROCESS_MODES)}; got {mode!r}")
 
-
-def _check_image(image_rgb: np.ndarray) -> np.ndarray:
-    image = np.asarray(image_rgb)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
-        raise ImageError(f"the image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
-    return image

@@ -21,7 +21,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from sadtalker.errors import DetectorUnavailable, ImageError, InvalidInput, NoFaceDetected
+from sadtalker.errors import DetectorUnavailable, InvalidInput, NoFaceDetected
+from sadtalker.image import rgb_image
 
 log = logging.getLogger("sadtalker")
 
@@ -135,7 +136,7 @@ def detect_landmarks(
     `detector` is a backend name (loaded once and kept, see `get_detector`) or an open backend.
     `face_box` (x0, y0, x1, y1) skips detection. Raises `ImageError`, `NoFaceDetected`, `InvalidInput`.
     """
-    check_image(image_rgb)
+    rgb_image(image_rgb, "the image for face detection")
     backend = detector if not isinstance(detector, str) else get_detector(detector, models_dir=models_dir,
                                                                           device=device)
     result = _landmarks_of_largest_face(backend, image_rgb, face_box)
@@ -165,7 +166,7 @@ def video_landmarks(
     found: list[np.ndarray | None] = []
     frames_with_several = 0
     for frame in frames:
-        check_image(frame)
+        rgb_image(frame, "a video frame for face detection")
         result = _landmarks_of_largest_face(backend, frame, face_box)
         found.append(None if result is None else result.points)
         frames_with_several += int(result is not None and result.faces_found > 1)
@@ -180,15 +181,6 @@ def video_landmarks(
         log.info("No face in %d of %d frames; their landmarks were copied from a neighbouring frame.",
                  missing, len(found))
     return _fill_missing(found)
-
-
-def check_image(image: np.ndarray) -> None:
-    """Accept only (H, W, 3) uint8 arrays; everything else is the caller's job to convert."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        described = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ImageError(f"Face detection needs an (H, W, 3) uint8 RGB image, got {described}.")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ImageError(f"The image is too small for face detection ({image.shape[1]}x{image.shape[0]}).")
 
 
 def clip_box(box: Sequence[float], width: int, height: int) -> Box:

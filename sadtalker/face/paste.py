@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import scipy.fft
 
-from sadtalker.errors import ImageError, InvalidInput
+from sadtalker.errors import InvalidInput
+from sadtalker.image import rgb_image
 from sadtalker.face.crop import CropInfo
 
 MASK_EROSION = 3
@@ -38,7 +39,7 @@ class PasteBack:
     """
 
     def __init__(self, full_image_rgb: np.ndarray, info: CropInfo, *, extended: bool):
-        image = _check_rgb(full_image_rgb, "the full image")
+        image = rgb_image(np.asarray(full_image_rgb), "the full image")
         if (image.shape[1], image.shape[0]) != tuple(info.image_size):
             raise InvalidInput(f"the image is {image.shape[1]}x{image.shape[0]} but the crop was made on "
                                f"{info.image_size[0]}x{info.image_size[1]}")
@@ -51,7 +52,7 @@ class PasteBack:
 
     def __call__(self, rendered_rgb: np.ndarray) -> np.ndarray:
         """One rendered face frame (S, S, 3) uint8 RGB -> the full image with it pasted in, (H, W, 3) uint8."""
-        rendered = _check_rgb(rendered_rgb, "the rendered frame")
+        rendered = rgb_image(np.asarray(rendered_rgb), "the rendered frame")
         patch = cv2.resize(self.aspect_frame(rendered), (self.box[2] - self.box[0], self.box[3] - self.box[1]),
                            interpolation=cv2.INTER_LINEAR)
         return self._clone(patch)
@@ -144,9 +145,3 @@ def _laplacian_eigenvalues(height: int, width: int) -> np.ndarray:
     cos_y = (2 * np.cos(np.pi * np.arange(1, height - 1) / (height - 1))).astype(np.float32)
     return cos_y[:, None] + cos_x[None, :] - np.float32(4)
 
-
-def _check_rgb(image_rgb: np.ndarray, what: str) -> np.ndarray:
-    image = np.asarray(image_rgb)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
-        raise ImageError(f"{what} must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
-    return np.ascontiguousarray(image)

@@ -40,7 +40,7 @@ def image_to_input(aligned224_u8: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_coefficients(net: torch.nn.Module, aligned224_u8: np.ndarray) -> np.ndarray:
+def face3d_coefficients(net: torch.nn.Module, aligned224_u8: np.ndarray) -> np.ndarray:
     """All 257 coefficients of one aligned face: (224, 224, 3) uint8 RGB -> (1, 257) float32."""
     parameter = next(net.parameters())
     images = image_to_input(aligned224_u8).to(device=parameter.device, dtype=parameter.dtype)
@@ -56,7 +56,7 @@ def source_coefficients(net: torch.nn.Module, aligned224_u8: np.ndarray, trans_p
     trans_params = np.asarray(trans_params, dtype=np.float32).reshape(-1)
     if trans_params.shape != (5,):
         raise ValueError(f"trans_params must hold [w0, h0, s, tx, ty], got shape {trans_params.shape}")
-    groups = split_coefficients(predict_coefficients(net, aligned224_u8))
+    groups = split_coefficients(face3d_coefficients(net, aligned224_u8))
     return np.concatenate(
         [groups["exp"], groups["angle"], groups["trans"], trans_params[None, 2:]], axis=1
     ).astype(np.float32)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sadtalker.checkpoints.reader import UNREADABLE_FILE_ERRORS, is_out_of_memory
 from sadtalker.errors import CorruptCheckpoint, DownloadError, MissingWeights
 
 
@@ -32,7 +33,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain tensor dict from a .pth file, on the CPU, never executing pickled code."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors have no common base class
+    except UNREADABLE_FILE_ERRORS as error:
+        if is_out_of_memory(error):
+            raise
         raise CorruptCheckpoint(f"Cannot read {path}: {error}") from error
 
 
