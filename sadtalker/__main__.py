@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .device import DEVICE_CHOICES
-from .errors import InvalidInput, SadTalkerError
+from .errors import InvalidInput, MissingWeights, SadTalkerError, Terminated
 
 
 def _models_dir(value: str | None) -> Path:
@@ -19,16 +20,24 @@ def _models_dir(value: str | None) -> Path:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checkpoints.check import check_folder
+    from .checkpoints.check import CHECKED_FILES, DEFAULT_RUN_FILES, check_folder
 
     folder = _models_dir(args.checkpoints)
-    statuses = check_folder(folder)
+    if not folder.is_dir():
+        raise MissingWeights(f"the models folder {folder} does not exist; get the files with "
+                             f"`python -m sadtalker download --checkpoints {folder}`")
+    statuses = check_folder(folder, CHECKED_FILES, required=DEFAULT_RUN_FILES)
     width = max(len(s.file.name) for s in statuses)
     for status in statuses:
         sys.stdout.write(f"{status.state:8} {status.file.name:<{width}}  {status.detail}\n")
-    bad = [s for s in statuses if not s.ok]
-    sys.stdout.write(f"{len(statuses) - len(bad)} of {len(statuses)} files ok in {folder}\n")
-    return 1 if bad else 0
+    counts = {state: sum(s.state == state for s in statuses) for state in ("ok", "missing", "corrupt", "absent")}
+    sys.stdout.write(f"{counts['ok']} of {len(statuses)} files ok in {folder} ({counts['missing']} missing, "
+                     f"{counts['corrupt']} corrupt, {counts['absent']} optional absent)\n")
+    lacking = [s.file.name for s in statuses if s.file in DEFAULT_RUN_FILES and s.state != "ok"]
+    sys.stdout.write(("the default run (256, crop, facexlib) cannot start: it lacks " + ", ".join(lacking))
+                     if lacking else "the default run (256, crop, facexlib) has every file it needs")
+    sys.stdout.write("\n")
+    return 0 if all(s.ok for s in statuses) else 1
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -45,7 +54,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     if args.enhancer != "none":
         wanted.append(files.enhancer_file(args.enhancer))
     done = ensure_files(wanted, paths, allow_download=True, on_progress=console_progress(sys.stderr),
-                        verify=verify_weight_file)
+                        verify=verify_weight_file, verify_present=True)
     for path in done:
         sys.stdout.write(f"ok       {path}\n")
     return 0
@@ -121,16 +130,25 @@ def options_from_args(args: argparse.Namespace, base=None):
     return GenerateOptions.from_dict({**loaded, **given})
 
 
+_progress_line = {"open": False}  # a progress line without its newline: an error must start on a line of its own
+
+
 def _stage_progress(stream):
-    last = {"stage": None}
+    last = {"stage": None, "total": 0}
 
     def report(stage: str, done: int, total: int) -> None:
         if stage != last["stage"]:
-            if last["stage"] is not None:
+            if last["stage"] is not None:  # the stage is over: show it complete, n/n
+                stream.write(f"\r{last['stage']:7} {last['total']}/{last['total']}")
+                if stage == "done":
+                    stream.flush()
+                    return
                 stream.write("\n")
             last["stage"] = stage
+        last["total"] = total
         stream.write(f"\r{stage:7} {done}/{total}")
         stream.flush()
+        _progress_line["open"] = True
 
     return report
 
@@ -149,9 +167,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     output = Path(args.out) if args.out else None
     result = pipeline.generate(args.image, args.audio, options, output=output, output_dir=Path("results"),
                                on_progress=None if args.quiet else _stage_progress(sys.stderr),
-                               intermediates_dir=args.save_intermediates)
+                               intermediates_dir=args.save_intermediates, overwrite=args.overwrite)
     if not args.quiet:
         sys.stderr.write("\n")
+        _progress_line["open"] = False
     for warning in result.warnings:
         sys.stderr.write(f"warning: {warning}\n")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
@@ -214,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", required=True, help="portrait photo (any format Pillow reads)")
     gen.add_argument("--audio", help="speech: wav, mp3, flac, ogg, m4a, or a video file's audio")
     gen.add_argument("--out", metavar="FILE.mp4", help="output file (default: a new name under ./results)")
+    gen.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     gen.add_argument("--options-from", metavar="OLD.mp4|OLD.json",
                      help="reuse the options and seed of a video made earlier; flags given here override them")
     gen.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
@@ -264,17 +284,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _on_stop_signals(handler) -> dict:
+    """SIGTERM and SIGHUP -> `handler`; returns the handlers they had. Only the main thread may set them."""
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            try:
+                previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+                pass
+    return previous
+
+
+def _error_line(text: str) -> None:
+    if _progress_line["open"]:
+        sys.stderr.write("\n")
+        _progress_line["open"] = False
+    sys.stderr.write(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    # SIGTERM (timeout, systemd, a WebUI stop) and SIGHUP clean up like Ctrl-C: no .part file is left behind
+    previous = _on_stop_signals(_raise_terminated)
     try:
         return args.run(args)
     except SadTalkerError as exc:
-        sys.stderr.write(f"error [{exc.code}]: {exc.named_for(option_flag)}\n")
+        _error_line(f"error [{exc.code}]: {exc.named_for(option_flag)}")
         return exc.exit_status
+    except Terminated as stop:
+        _error_line(f"error [terminated]: stopped by {stop.signal_name}; the run was cleaned up")
+        return 128 + stop.signum
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        _error_line("interrupted")
         return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,44 @@ class FFmpegError(SadTalkerError):
     exit_status = 5
 
 
+class VideoError(InvalidInput):
+    """A reference video that cannot be read or used."""
+
+    code = "bad_video"
+
+
+class OutputError(SadTalkerError):
+    """The output cannot be written where it should go (folder not writable, not a folder)."""
+
+    code = "output_unwritable"
+    exit_status = 6
+
+
+class OutputExists(OutputError):
+    """The output file named by the caller exists, and replacing it was not asked for."""
+
+    code = "output_exists"
+
+
+class DiskFull(OutputError):
+    """The disk filled up (or a file-size limit was hit) while writing; the partial file was removed."""
+
+    code = "disk_full"
+
+
 class Cancelled(SadTalkerError):
     code = "cancelled"
     exit_status = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a `timeout`, systemd or a WebUI stop), raised where Ctrl-C would be, so the same
+    clean-up runs (temporary files removed, ffmpeg stopped). A KeyboardInterrupt, not an Exception: no
+    `except Exception` on the way may swallow it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,62 @@ def load_image(source: str | os.PathLike | np.ndarray | Image.Image, *, max_pixe
     if isinstance(source, Image.Image):
         return _from_pil(source, "the image", max_pixels)
     path = Path(source)
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            _check_pixels(img.size, path.name, max_pixels)
+    with _opened(path, max_pixels) as img:
+        try:
             return _from_pil(img, path.name, max_pixels)
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{path.name} is not an image file Pillow can read") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path.name} could not be read as an image ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{path.name} could not be read as an image ({exc})") from exc
+
+
+def image_warnings(source) -> list[str]:
+    """What the user should know about how the image is used (an animated file: only its first frame).
+
+    Reads the header only; a file that cannot be opened gives no warning here (load_image names the error)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return []
+    path = Path(source)
+    try:
+        with _opened(path, MAX_PIXELS) as img:
+            frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
+    except ImageError:
+        return []
+    if frames > 1:
+        return [f"{path.name} is animated ({frames} frames); only its first frame is used"]
+    return []
+
+
+class _opened:
+    """`with _opened(path) as img`: Image.open with its header checked (size limits) before any pixel is
+    decoded, and Pillow's own decompression-bomb warning and error replaced by our ImageError."""
+
+    def __init__(self, path: Path, max_pixels: int):
+        self.path, self.max_pixels = path, max_pixels
+        self.image: Image.Image | None = None
+
+    def __enter__(self) -> Image.Image:
+        path = self.path
+        if not path.is_file():
+            raise ImageError(f"image not found: {path}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self.image = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path.name} is too large to open ({exc}); downscale it first") from None
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{path.name} is not an image file Pillow can read") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{path.name} could not be read as an image ({exc})") from exc
+        try:
+            _check_pixels(self.image.size, path.name, self.max_pixels)
+        except ImageError:
+            self.image.close()
+            raise
+        return self.image
+
+    def __exit__(self, *exc_info) -> None:
+        if self.image is not None:
+            self.image.close()
 
 
 def _check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:

@@ -23,22 +23,22 @@ import torch
 from . import audio as audio_stage
 from . import motion, render_inputs
 from .checkpoints import files
-from .checkpoints.check import verify_weight_file
+from .checkpoints.check import files_for_run, verify_weight_file
 from .checkpoints.components import load_component
 from .checkpoints.download import ensure_files
 from .checkpoints.paths import ModelPaths
 from .checkpoints.reader import CheckpointReader
 from .device import resolve_device
-from .errors import AudioError, Cancelled, InvalidInput
+from .errors import AudioError, Cancelled, InvalidInput, OutputExists, VideoError
 from .face.align import align_for_face3d
 from .face.crop import CroppedFace, crop_face
 from .face.detect import detect_landmarks, get_detector, release_detectors, video_landmarks
 from .face.paste import PasteBack, aspect_frame
 from .face.reconstruct import source_coefficients
-from .image import load_image
+from .image import image_warnings, load_image
 from .options import GenerateOptions
 from .render import Renderer, frames_to_uint8, source_image_input
-from .video import VideoWriter, read_video_frames, unique_output_path
+from .video import VideoWriter, check_output_folder, read_video_frames, unique_output_path, video_fps
 
 log = logging.getLogger("sadtalker")
 
@@ -279,14 +279,16 @@ class SadTalkerPipeline:
     def generate(self, image, audio, options: GenerateOptions | None = None, *, output: str | Path | None = None,
                  output_dir: str | Path | None = None, on_progress: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, intermediates_dir: str | Path | None = None,
-                 extra_metadata: dict | None = None) -> TalkingHeadResult:
+                 extra_metadata: dict | None = None, overwrite: bool = True) -> TalkingHeadResult:
         """Photo + speech -> MP4. `output` names the file (an existing file is replaced only when the new one is
-        complete); otherwise a new name is made in `output_dir` (never overwriting). A cancelled or failed run
-        leaves no file behind and touches no earlier output."""
+        complete, and only with `overwrite`); otherwise a new name is made in `output_dir` (never overwriting).
+        A cancelled or failed run leaves no file behind and touches no earlier output."""
         options = options or GenerateOptions()
         if audio is not None and options.idle_seconds is not None:
             raise InvalidInput("idle_seconds makes a video without speech; give the audio or idle_seconds, not both",
                                option="idle_seconds")
+        preflight_warnings = self.preflight(image, options, output=output, output_dir=output_dir,
+                                            overwrite=overwrite)
         seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
         run = _Run(on_progress, should_cancel)
         run.stage("face")
@@ -315,7 +317,8 @@ class SadTalkerPipeline:
                     writer.write(frame)
                 run.stage("encode")
         run.finish()
-        warnings = [f"{source.faces_found} faces found; the largest was used"] if source.faces_found > 1 else []
+        warnings = preflight_warnings + (
+            [f"{source.faces_found} faces found; the largest was used"] if source.faces_found > 1 else [])
         return TalkingHeadResult(video=target, sidecar=target.with_suffix(".json"), num_frames=sequence.num_frames,
                                  fps=options.fps, seconds=run.seconds, seed=seed, warnings=warnings)
 
@@ -329,6 +332,35 @@ class SadTalkerPipeline:
         return preview_faces(load_image(image), self._detector(options.face_detector),
                              preprocess=options.preprocess, size=options.size, face_index=face_index,
                              face_box=options.face_box, nudge=nudge)
+
+    def preflight(self, image, options: GenerateOptions, *, output: str | Path | None = None,
+                  output_dir: str | Path | None = None, overwrite: bool = True) -> list[str]:
+        """What would stop the run, found before any work -> the warnings it gives.
+
+        The output folder must take a new file (and an existing `output` needs `overwrite`); every weight file the
+        run reads must be there or be downloaded now (one MissingWeights names all that are lacking); reference
+        videos must open. Does not decode the image or the audio.
+        """
+        if output is not None:
+            target = Path(output)
+            if target.exists() and not overwrite:
+                raise OutputExists(f"overwrite is needed to replace {target}, which already exists "
+                                   "(or choose another output name)", option="overwrite")
+            check_output_folder(target.parent)
+        else:
+            check_output_folder(Path(output_dir or "."))
+        needed = files_for_run(size=options.size, preprocess=options.preprocess, face_detector=options.face_detector,
+                               enhancer=options.enhancer)
+        ensure_files(needed, self.models.paths, allow_download=self.models.allow_download,
+                     on_progress=self.models.on_download_progress, verify=verify_weight_file)
+        for name in ("ref_eyeblink", "ref_pose"):
+            video = getattr(options, name)
+            if video:
+                try:
+                    video_fps(video)
+                except InvalidInput as exc:
+                    raise VideoError(f"{name}: {exc}", option=name) from None
+        return image_warnings(image)
 
     def unload(self) -> None:
         self.models.unload()

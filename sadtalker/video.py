@@ -15,6 +15,7 @@ touches an older file of the same name.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import weakref
@@ -32,7 +34,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import AudioError, FFmpegError, InvalidInput
+from .errors import AudioError, DiskFull, FFmpegError, InvalidInput, OutputError, SadTalkerError
 
 log = logging.getLogger("sadtalker")
 
@@ -76,14 +78,56 @@ def _stderr_tail(text: str | bytes, lines: int = _STDERR_TAIL_LINES) -> str:
     return " | ".join(kept[-lines:])
 
 
+# ffmpeg prefixes its lines with the component and its memory address: `[in#0 @ 0x55d1...] moov atom not found`
+_COMPONENT_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
+# lines that only repeat that something failed, without saying what
+_GENERIC_LINES = ("Error opening input file", "Error opening input files", "Error opening output file",
+                  "Error opening output files", "misdetection possible", "Last message repeated",
+                  "Conversion failed", "Task finished with error code", "Terminating thread with return code",
+                  "Error muxing a packet")
+_DISK_FULL_MARKS = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _ffmpeg_reason(text: str | bytes) -> str:
+    """The one line of ffmpeg's log that says what went wrong (`moov atom not found`), without addresses or
+    the lines that only repeat that opening failed. The whole log goes to the debug log."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if text.strip():
+        log.debug("ffmpeg said: %s", _stderr_tail(text, 40))
+    lines = [_COMPONENT_PREFIX.sub("", line.strip()) for line in text.replace("\r", "\n").splitlines()]
+    lines = [line for line in lines if line and not any(mark in line for mark in _GENERIC_LINES)]
+    if not lines:
+        return "no message"
+    reason = lines[0]
+    # "Error opening input: Invalid data found when processing input" -> the part after the context
+    return reason.split(": ", 1)[1] if reason.startswith("Error opening") and ": " in reason else reason
+
+
+def _is_disk_full(text: str | bytes, returncode: int | None = None) -> bool:
+    if returncode == -getattr(signal, "SIGXFSZ", -1):  # killed for passing RLIMIT_FSIZE
+        return True
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return any(mark in text for mark in _DISK_FULL_MARKS)
+
+
+def _disk_full(where: Path, detail: str) -> DiskFull:
+    return DiskFull(f"the disk is full (or a file-size limit was reached) while writing into {where}: {detail}; "
+                    "the partial file was removed. Free some space or choose another output folder")
+
+
 def _run(args: Sequence[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ffmpeg to completion (text output). `check`: a non-zero exit raises FFmpegError with stderr's tail."""
+    """Run ffmpeg to completion (text output). `check`: a non-zero exit raises FFmpegError naming the reason
+    (DiskFull when it ran out of space)."""
     try:
         done = subprocess.run(list(args), check=False, capture_output=True, text=True, errors="replace")
     except OSError as exc:
         raise FFmpegError(f"cannot run ffmpeg to {what}: {exc}") from exc
     if check and done.returncode != 0:
-        raise FFmpegError(f"ffmpeg failed to {what} (exit {done.returncode}): {_stderr_tail(done.stderr)}")
+        if _is_disk_full(done.stderr, done.returncode):
+            raise _disk_full(Path(args[-1]).parent, f"ffmpeg could not {what} ({_ffmpeg_reason(done.stderr)})")
+        raise FFmpegError(f"ffmpeg failed to {what} (exit {done.returncode}): {_ffmpeg_reason(done.stderr)}")
     return done
 
 
@@ -151,7 +195,7 @@ def _read_header(path: Path) -> dict[str, Any]:
     # `ffmpeg -i` with no output always exits non-zero; success is recognised by the "Input #0" block.
     stderr = _run([ffmpeg_executable(), "-hide_banner", "-i", str(path)], "read the header", check=False).stderr
     if "Input #0" not in stderr:
-        raise InvalidInput(f"cannot read {path.name} as audio/video: {_stderr_tail(stderr)}")
+        raise InvalidInput(f"cannot read {path.name} as audio/video: {_ffmpeg_reason(stderr)}")
     return _parse_header(stderr)
 
 
@@ -222,7 +266,7 @@ def _count_video_packets(path: Path) -> int:
                  "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"], "count frames", check=False)
     counts = re.findall(r"^frame=(\d+)", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not counts:
-        raise InvalidInput(f"cannot read the video stream of {path.name}: {_stderr_tail(done.stderr)}")
+        raise InvalidInput(f"cannot read the video stream of {path.name}: {_ffmpeg_reason(done.stderr)}")
     return int(counts[-1])
 
 
@@ -280,6 +324,24 @@ def unique_output_path(folder: str | Path, stem: str, suffix: str = ".mp4") -> P
         number += 1
         candidate = f"{clean}-{number}"
     return folder / f"{candidate}{suffix}"
+
+
+def check_output_folder(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove a file can be made in it, before any work. -> the folder.
+
+    Raises OutputError naming the folder and the reason (permission denied, read-only disk, a file in the way)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe_file = _temporary_sibling(folder / "write-test", "part")
+        with open(probe_file, "x"):
+            pass
+        probe_file.unlink()
+    except FileExistsError:
+        raise OutputError(f"the output folder {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder {folder}: {exc.strerror or exc}") from None
+    return folder
 
 
 def _temporary_sibling(final: Path, tag: str) -> Path:
@@ -352,7 +414,7 @@ class VideoWriter:
         self._crf, self._preset = crf, preset
         if self.audio_path is not None:
             self._check_audio(self.audio_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_output_folder(self.path.parent)
         self._video_part = _temporary_sibling(self.path, "video.part")
         self._final_part = _temporary_sibling(self.path, "part")
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the writer)
@@ -369,9 +431,9 @@ class VideoWriter:
         try:
             self._process.stdin.write(memoryview(frame).cast("B"))  # type: ignore[union-attr]
         except (BrokenPipeError, OSError) as exc:
-            message = self._encoder_failure_message("encode the video")
+            failure = self._encoder_failure("encode the video")
             self.abort()
-            raise FFmpegError(message) from exc
+            raise failure from exc
         self.frames_written += 1
 
     def write_many(self, frames: Iterator[np.ndarray] | Sequence[np.ndarray]) -> None:
@@ -385,14 +447,24 @@ class VideoWriter:
         if self.frames_written == 0:
             self.abort()
             raise ValueError("no frames were written; nothing to save")
+        sidecar_part = None
         try:
             self._finish_encoder()
             self._mux()
             sidecar_part = self._write_sidecar_part()
             os.replace(self._final_part, self.path)
             os.replace(sidecar_part, sidecar_path(self.path))
+        except OSError as exc:  # our own writes: the sidecar, the renames
+            self.abort()
+            if sidecar_part is not None:
+                _remove_quietly(sidecar_part)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise _disk_full(self.path.parent, exc.strerror or str(exc)) from exc
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         except BaseException:
             self.abort()
+            if sidecar_part is not None:
+                _remove_quietly(sidecar_part)
             raise
         self._finished = True
         self._finalizer.detach()
@@ -460,10 +532,16 @@ class VideoWriter:
             frame_rgb = np.pad(frame_rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
         return np.ascontiguousarray(frame_rgb)
 
-    def _encoder_failure_message(self, what: str) -> str:
+    def _encoder_failure(self, what: str) -> SadTalkerError:
         _stop_process(self._process)
         self._stderr.seek(0)
-        return f"ffmpeg failed to {what}: {_stderr_tail(self._stderr.read()) or 'no message'}"
+        text = self._stderr.read()
+        returncode = self._process.returncode if self._process is not None else None
+        if _is_disk_full(text, returncode):
+            return _disk_full(self.path.parent, f"ffmpeg could not {what} ({_ffmpeg_reason(text)})")
+        if b"Permission denied" in text:
+            return OutputError(f"cannot write into the output folder {self.path.parent}: permission denied")
+        return FFmpegError(f"ffmpeg failed to {what}: {_ffmpeg_reason(text)}")
 
     def _finish_encoder(self) -> None:
         assert self._process is not None and self._process.stdin is not None
@@ -472,7 +550,7 @@ class VideoWriter:
         except (BrokenPipeError, OSError):
             pass
         if self._process.wait() != 0:
-            raise FFmpegError(self._encoder_failure_message("encode the video"))
+            raise self._encoder_failure("encode the video")
 
     def _mux(self) -> None:
         duration = f"{self.frames_written / self.fps:.6f}"
@@ -485,9 +563,13 @@ class VideoWriter:
 
     def _write_sidecar_part(self) -> Path:
         part = _temporary_sibling(sidecar_path(self.path), "part")
-        with open(part, "x", encoding="utf-8") as handle:
-            json.dump(self.metadata, handle, ensure_ascii=False, indent=2, default=str)
-            handle.write("\n")
+        try:
+            with open(part, "x", encoding="utf-8") as handle:
+                json.dump(self.metadata, handle, ensure_ascii=False, indent=2, default=str)
+                handle.write("\n")
+        except BaseException:
+            _remove_quietly(part)
+            raise
         return part
 
 
@@ -531,7 +613,7 @@ def _frames_from_process(args: list[str], path: Path, shape: tuple[int, int, int
                 yield frame
             if process.wait() != 0:
                 stderr.seek(0)
-                raise InvalidInput(f"cannot decode {path.name}: {_stderr_tail(stderr.read())}")
+                raise InvalidInput(f"cannot decode {path.name}: {_ffmpeg_reason(stderr.read())}")
         finally:
             _stop_process(process)
             if process.stdout is not None:
@@ -557,7 +639,7 @@ def extract_audio(path: str | Path, out_wav: str | Path, sample_rate: int = 1600
                      "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
                      "-f", "wav", str(part)], "extract the audio", check=False)
         if done.returncode != 0:
-            raise AudioError(f"cannot decode the audio of {path.name}: {_stderr_tail(done.stderr)}")
+            raise AudioError(f"cannot decode the audio of {path.name}: {_ffmpeg_reason(done.stderr)}")
         os.replace(part, out_wav)
     finally:
         _remove_quietly(part)

@@ -174,8 +174,17 @@ def test_check_command_exit_status_and_report(fake_checkpoints, tmp_path):
                               [fakes.SAFETENSORS_256, fakes.MAPPING_70, fakes.MAPPING_73])
     os.link(fake_checkpoints / fakes.SAFETENSORS_256, folder / fakes.SAFETENSORS_512)
     result = _run_check(folder)
+    # the default run also needs the facexlib detector's files: without them check must not say all is well
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "4 of 9 files ok" in result.stdout and "2 missing" in result.stdout
+    assert "cannot start: it lacks detection_Resnet50_Final.pth, alignment_WFLW_4HG.pth" in result.stdout
+    (folder / "facexlib").mkdir()
+    for name in ("detection_Resnet50_Final.pth", "alignment_WFLW_4HG.pth"):
+        torch.save({"weight": torch.zeros(2)}, folder / "facexlib" / name)
+    result = _run_check(folder)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") >= 4 and "4 of 4 files ok" in result.stdout
+    assert "6 of 9 files ok" in result.stdout and "3 optional absent" in result.stdout
+    assert "has every file it needs" in result.stdout
 
     shutil.copyfile(folder / fakes.MAPPING_70, tmp_path / "m.tmp")
     (folder / fakes.MAPPING_70).unlink()
@@ -184,5 +193,11 @@ def test_check_command_exit_status_and_report(fake_checkpoints, tmp_path):
     result = _run_check(folder)
     assert result.returncode != 0
     lines = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines() if line.split()[1:2]}
-    assert lines[fakes.MAPPING_70] == "corrupt" and lines[fakes.SAFETENSORS_512] == "missing"
+    assert lines[fakes.MAPPING_70] == "corrupt" and lines[fakes.SAFETENSORS_512] == "absent"
     assert lines[fakes.SAFETENSORS_256] == "ok" and "Traceback" not in result.stderr
+
+
+def test_check_names_a_models_folder_that_does_not_exist(tmp_path):
+    result = _run_check(tmp_path / "nowhere")
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    assert f"error [missing_weights]: the models folder {tmp_path / 'nowhere'} does not exist" in result.stderr

@@ -19,7 +19,7 @@ from sadtalker.checkpoints import download as dl
 from sadtalker.checkpoints.download import console_progress, download_file, ensure_files, find_missing
 from sadtalker.checkpoints.files import WeightFile
 from sadtalker.checkpoints.paths import ModelPaths, default_models_dir
-from sadtalker.errors import Cancelled, DownloadError, MissingWeights
+from sadtalker.errors import Cancelled, CorruptCheckpoint, DownloadError, MissingWeights
 
 PAYLOAD = random.Random(1234).randbytes(300 * 1024 + 17)  # > one read chunk, so progress has several steps
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -509,3 +509,36 @@ def test_console_progress_writes_only_to_its_stream(capsys):
     assert lines[0].startswith("model.safetensors") and "0%" in lines[0]
     assert "100%" in lines[-1] and "2.0/2.0 MiB" in lines[-1]
     assert capsys.readouterr() == ("", "")
+
+
+def _reject_unless_payload(wf, path):
+    if path.read_bytes() != PAYLOAD:
+        raise CorruptCheckpoint(f"{wf.name}: not the file")
+
+
+def test_download_replaces_a_corrupt_present_file_only_once_the_new_one_is_verified(server, tmp_path):
+    present = weight(server, name="model.safetensors")
+    (tmp_path / present.name).write_bytes(b"8 bytes!")
+    seen_during_download = []
+
+    def verify(wf, path):
+        seen_during_download.append((tmp_path / wf.name).read_bytes())
+        _reject_unless_payload(wf, path)
+
+    (path,) = ensure_files([present], tmp_path, allow_download=True, timeout=5, verify=verify, verify_present=True)
+    assert path.read_bytes() == PAYLOAD
+    # while the new copy was checked the bad one still had its name: [check of the present file, of the .part]
+    assert seen_during_download == [b"8 bytes!", b"8 bytes!"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [present.name]
+
+
+def test_a_failed_redownload_leaves_the_corrupt_file_as_it_was(server, tmp_path):
+    present = weight(server, name="model.safetensors")
+    (tmp_path / present.name).write_bytes(b"8 bytes!")
+    server.wrong_bytes = True
+    with pytest.raises(DownloadError):
+        ensure_files([present], tmp_path, allow_download=True, timeout=5, verify=_reject_unless_payload,
+                     verify_present=True)
+    assert (tmp_path / present.name).read_bytes() == b"8 bytes!"
+    with pytest.raises(MissingWeights, match=r"(?s)model.safetensors.*Present but corrupt"):
+        ensure_files([present], tmp_path, allow_download=False, verify=_reject_unless_payload, verify_present=True)

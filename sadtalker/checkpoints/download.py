@@ -106,28 +106,83 @@ def ensure_files(
     on_progress: ProgressCallback | None = None,
     verify: Callable[[WeightFile, Path], None] | None = None,
     timeout: float = 30,
+    verify_present: bool = False,
 ) -> list[Path]:
     """Make sure every file in `files` is on disk; return their final paths, in the order given.
 
-    `folder` is one folder for all files, or a `ModelPaths` (each file goes to its group's folder). Present files
-    are skipped (not re-checked: loading them is the loader's job). Missing files are downloaded one by one when
-    `allow_download`; `verify(wf, part_path)` checks each before it gets its final name.
-    Raises one `MissingWeights` listing every file still missing when downloads are off or the network is
-    unreachable; a `DownloadError` from one file stops the rest.
+    `folder` is one folder for all files, or a `ModelPaths` (each file goes to its group's folder). Missing files
+    are downloaded one by one when `allow_download`; `verify(wf, part_path)` checks each before it gets its final
+    name. Present files are skipped (loading them is the loader's job), unless `verify_present`: then each is
+    checked with `verify` too, and a corrupt one is downloaded again; the bad copy keeps its name until the new
+    file has been verified and replaces it (a failed download leaves it as it was).
+    Raises one `MissingWeights` listing every file still missing when downloads are off, the folder cannot be
+    written or the network is unreachable; a `DownloadError` from one file stops the rest.
     """
     missing = find_missing(files, folder)
-    if missing and not allow_download:
-        raise MissingWeights(missing_weights_message(
-            [(wf, _folder_for(wf, folder)) for wf in missing], reason="downloading is turned off"))
-    for index, wf in enumerate(missing):
+    corrupt = _find_corrupt([wf for wf in files if wf not in missing], folder, verify) if verify_present else {}
+    wanted = [wf for wf in files if wf in missing or wf in corrupt]
+    wanted = list(dict.fromkeys(wanted))
+    if wanted and not allow_download:
+        raise MissingWeights(_wanted_message(wanted, corrupt, folder, reason="downloading is turned off"))
+    unwritable = [(wf, reason) for wf in wanted if (reason := _unwritable_reason(_folder_for(wf, folder)))]
+    if unwritable:
+        raise MissingWeights(_wanted_message(wanted, corrupt, folder, reason=unwritable[0][1]))
+    for index, wf in enumerate(wanted):
         target = _folder_for(wf, folder)
         check = None if verify is None else _bind_verify(verify, wf)
         try:
-            _download(wf, target, on_progress=on_progress, verify=check, timeout=timeout, urls=None)
+            _download(wf, target, on_progress=on_progress, verify=check, timeout=timeout, urls=None,
+                      replace=wf in corrupt)
         except _Offline as offline:
-            still_missing = [(item, _folder_for(item, folder)) for item in missing[index:]]
-            raise MissingWeights(missing_weights_message(still_missing, reason=offline.reason)) from None
+            raise MissingWeights(_wanted_message(wanted[index:], corrupt, folder, reason=offline.reason)) from None
     return [_folder_for(wf, folder) / wf.name for wf in files]
+
+
+def _find_corrupt(present: Sequence[WeightFile], folder: Path | str | ModelPaths,
+                  verify: Callable[[WeightFile, Path], None] | None) -> dict[WeightFile, str]:
+    """{file: what is wrong} for each present file that `verify` rejects."""
+    found: dict[WeightFile, str] = {}
+    if verify is None:
+        return found
+    for wf in present:
+        path = _folder_for(wf, folder) / wf.name
+        try:
+            verify(wf, path)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as error:  # the strict-load check may raise anything; say what it said
+            found[wf] = str(error)
+            log.warning("%s is corrupt (%s); downloading it again (the bad copy stays until the new one is "
+                        "verified)", path, error)
+    return found
+
+
+def _wanted_message(wanted: Sequence[WeightFile], corrupt: dict[WeightFile, str], folder, *, reason: str) -> str:
+    text = missing_weights_message([(wf, _folder_for(wf, folder)) for wf in wanted], reason=reason)
+    bad = [wf.name for wf in wanted if wf in corrupt]
+    if bad:
+        text += f"\nPresent but corrupt (replace them): {', '.join(bad)}."
+    return text
+
+
+def _unwritable_reason(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (or the nearest folder that exists above it), or None."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    probe = existing / f".sadtalker-write-test-{os.getpid()}{PART_SUFFIX}"
+    try:
+        with open(probe, "x"):
+            pass
+        probe.unlink()
+    except FileExistsError:
+        return None
+    except OSError as error:
+        return f"the models folder {existing} cannot be written ({error.strerror or error}); save the files there " \
+               f"by hand, or use a writable models folder"
+    return None
 
 
 def find_missing(files: Sequence[WeightFile], folder: Path | str | ModelPaths) -> list[WeightFile]:
@@ -175,9 +230,10 @@ def console_progress(stream: TextIO | None = None, *, min_interval: float = 0.2)
 # --- one file, all URLs --------------------------------------------------------------------------------------------
 
 def _download(wf: WeightFile, folder: Path, *, on_progress: ProgressCallback | None,
-              verify: Callable[[Path], None] | None, timeout: float, urls: Sequence[str] | None) -> Path:
+              verify: Callable[[Path], None] | None, timeout: float, urls: Sequence[str] | None,
+              replace: bool = False) -> Path:
     final = folder / wf.name
-    if final.exists():
+    if final.exists() and not replace:
         log.debug("%s is already in %s", wf.name, folder)
         return final
     sources = tuple(wf.urls if urls is None else urls)
@@ -196,7 +252,7 @@ def _download(wf: WeightFile, folder: Path, *, on_progress: ProgressCallback | N
                 log.warning("download of %s from %s failed: %s", wf.name, url, failure)
                 failures.append((url, failure))
                 continue
-            return _install(part, final)
+            return _install(part, final, replace=replace)
     except OSError as error:  # our side: folder not writable, disk full, ...
         raise DownloadError(f"Could not write {wf.name} into {folder}: {error}") from error
     if all(isinstance(failure, _Unreachable) for _, failure in failures):
@@ -239,8 +295,8 @@ def _run_verify(verify: Callable[[Path], None], part: Path) -> None:
         raise _Mismatch(f"the downloaded file did not load ({error}); the .part file was deleted") from error
 
 
-def _install(part: Path, final: Path) -> Path:
-    if final.exists():  # someone put it there while we downloaded: theirs wins, ours goes
+def _install(part: Path, final: Path, *, replace: bool = False) -> Path:
+    if final.exists() and not replace:  # someone put it there while we downloaded: theirs wins, ours goes
         part.unlink(missing_ok=True)
         return final
     os.replace(part, final)
