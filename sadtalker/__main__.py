@@ -225,6 +225,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import threading
+
+    from .gradio_compat import enable_queue
+    from .host import Host
+    from .ui import build_ui
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+    one_at_a_time = threading.Lock()  # one pipeline, one run at a time; other events (Cancel) still answer
+
+    def run_exclusive(job):
+        with one_at_a_time:
+            return job()
+
+    host = Host(_models_dir(args.checkpoints), Path(args.outputs), device=args.device,
+                allow_download=not args.no_download, run_exclusive=run_exclusive, name="app")
+    ui = build_ui(host, title="SadTalker")
+    enable_queue(ui.blocks, concurrency=4)
+    sys.stderr.write(f"SadTalker app on http://{args.host}:{args.port} (models: {host.models_dir}, "
+                     f"videos: {host.outputs_dir})\n")
+    ui.blocks.launch(server_name=args.host, server_port=args.port, show_api=False, inbrowser=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sadtalker", description="SadTalker talking heads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
@@ -281,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also fetch the default face detector's weights")
     download.add_argument("--enhancer", choices=("none", "gfpgan", "restoreformer", "codeformer"), default="none")
     download.set_defaults(run=cmd_download)
+    app = sub.add_parser("app", help="the SadTalker page in a browser (the WebUI tab, standalone)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    app.add_argument("--outputs", metavar="DIR", default="results", help="videos go to DIR/<date>/ (default ./results)")
+    app.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    app.add_argument("--no-download", action="store_true", help="never download missing weights")
+    app.set_defaults(run=cmd_app)
     return parser
 
 

