@@ -186,6 +186,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .api import ApiSettings, PathPolicy, create_app, exclusive, parse_credentials
+    except ImportError as exc:
+        from .errors import MissingDependency
+
+        raise MissingDependency(f"the server needs fastapi and uvicorn ({exc.name} is missing): "
+                                "pip install fastapi uvicorn") from None
+    from .host import Host
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.max_body_mb <= 0:
+        raise InvalidInput("--max-body-mb must be positive", option="max_body_mb")
+    outputs = Path(args.outputs).resolve()
+    host = Host(_models_dir(args.checkpoints), outputs, device=args.device, allow_download=not args.no_download,
+                run_exclusive=exclusive(), name="server")
+    settings = ApiSettings(data_dir=Path(args.data).resolve() if args.data else outputs / ".sadtalker-jobs",
+                           credentials=parse_credentials(args.api_auth),
+                           max_body_bytes=int(args.max_body_mb * 2**20),
+                           paths=PathPolicy(allowed=bool(args.allow_paths),
+                                            folders=tuple(Path(p).resolve() for p in args.allow_paths or ())))
+    uvicorn.run(create_app(host, settings), host=args.host, port=args.port,
+                log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sadtalker", description="SadTalker talking heads")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
@@ -230,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also fetch the default face detector's weights")
     download.add_argument("--enhancer", choices=("none", "gfpgan", "restoreformer", "codeformer"), default="none")
     download.set_defaults(run=cmd_download)
+    serve = sub.add_parser("serve", help="the HTTP API (/sadtalker/v1) without the WebUI")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=7861)
+    serve.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    serve.add_argument("--outputs", metavar="DIR", default="outputs",
+                       help="videos go to DIR/<date>/ (default ./outputs)")
+    serve.add_argument("--data", metavar="DIR", help="job records and uploads (default: OUTPUTS/.sadtalker-jobs)")
+    serve.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="require HTTP Basic credentials")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64 MiB)")
+    serve.add_argument("--allow-paths", metavar="DIR", nargs="+",
+                       help="accept server-side file paths (image_path, audio_path, reference videos) under these "
+                            "folders; without it only base64 inputs are accepted")
+    serve.add_argument("--no-download", action="store_true", help="never download missing weights")
+    serve.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
