@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .device import DEVICE_CHOICES
+from .device import DEVICE_CHOICES, resolve_device
 from .errors import InvalidInput, MissingWeights, SadTalkerError, Terminated
 
 
@@ -232,11 +232,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     from .host import Host
     from .ui import build_ui
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+    resolve_device(args.device)  # a named error now, not in the first request
     one_at_a_time = threading.Lock()  # one pipeline, one run at a time; other events (Cancel) still answer
 
     def run_exclusive(job):
@@ -250,6 +246,34 @@ def cmd_app(args: argparse.Namespace) -> int:
     sys.stderr.write(f"SadTalker app on http://{args.host}:{args.port} (models: {host.models_dir}, "
                      f"videos: {host.outputs_dir})\n")
     ui.blocks.launch(server_name=args.host, server_port=args.port, show_api=False, inbrowser=False)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .api import ApiSettings, PathPolicy, create_app, exclusive, parse_credentials
+    except ImportError as exc:
+        from .errors import MissingDependency
+
+        raise MissingDependency(f"the server needs fastapi and uvicorn ({exc.name} is missing): "
+                                "pip install fastapi uvicorn") from None
+    from .host import Host
+
+    resolve_device(args.device)  # a named error now, not in the first request
+    if args.max_body_mb <= 0:
+        raise InvalidInput("--max-body-mb must be positive", option="max_body_mb")
+    outputs = Path(args.outputs).resolve()
+    host = Host(_models_dir(args.checkpoints), outputs, device=args.device, allow_download=not args.no_download,
+                run_exclusive=exclusive(), name="server")
+    settings = ApiSettings(data_dir=Path(args.data).resolve() if args.data else outputs / ".sadtalker-jobs",
+                           credentials=parse_credentials(args.api_auth),
+                           max_body_bytes=int(args.max_body_mb * 2**20),
+                           paths=PathPolicy(allowed=bool(args.allow_paths),
+                                            folders=tuple(Path(p).resolve() for p in args.allow_paths or ())))
+    uvicorn.run(create_app(host, settings), host=args.host, port=args.port,
+                log_level="info" if args.verbose else "warning")
     return 0
 
 
@@ -314,9 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     app.add_argument("--outputs", metavar="DIR", default="results", help="videos go to DIR/<date>/ (default ./results)")
-    app.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    app.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     app.add_argument("--no-download", action="store_true", help="never download missing weights")
     app.set_defaults(run=cmd_app)
+    serve = sub.add_parser("serve", help="the HTTP API (/sadtalker/v1) without the WebUI")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=7861)
+    serve.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    serve.add_argument("--outputs", metavar="DIR", default="outputs",
+                       help="videos go to DIR/<date>/ (default ./outputs)")
+    serve.add_argument("--data", metavar="DIR", help="job records and uploads (default: OUTPUTS/.sadtalker-jobs)")
+    serve.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="require HTTP Basic credentials")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64 MiB)")
+    serve.add_argument("--allow-paths", metavar="DIR", nargs="+",
+                       help="accept server-side file paths (image_path, audio_path, reference videos) under these "
+                            "folders; without it only base64 inputs are accepted")
+    serve.add_argument("--no-download", action="store_true", help="never download missing weights")
+    serve.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

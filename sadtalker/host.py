@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .options import GenerateOptions
+from .video import unique_output_path
 
 T = TypeVar("T")
 ProgressCallback = Callable[[str, int, int], None]
@@ -87,8 +88,10 @@ class Host:
 
     def generate(self, image, audio, options: GenerateOptions, *, on_progress: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, output_dir: Path | None = None,
-                 extra_metadata: dict | None = None):
+                 extra_metadata: dict | None = None, output_stem: str | None = None):
         """One video, under the host's lock, into a new file in today's output folder. -> TalkingHeadResult.
+
+        The file is named after the inputs (`photo__speech.mp4`), or `output_stem` (`name.mp4`, `name-1.mp4`, ...).
 
         `on_progress` gets (stage, done, total) as well as the host's own progress; the run stops at the next
         batch of frames when the host is interrupted or `should_cancel()` says so (raising `Cancelled`).
@@ -103,7 +106,10 @@ class Host:
             return bool(self.is_interrupted() or (should_cancel is not None and should_cancel()))
 
         def job():
-            return self.pipeline.generate(image, audio, options, output_dir=output_dir or self.output_folder(),
+            folder = output_dir or self.output_folder()
+            # the name is picked under the lock, so two queued runs with the same stem get different files
+            output = unique_output_path(folder, output_stem) if output_stem else None
+            return self.pipeline.generate(image, audio, options, output=output, output_dir=folder,
                                           on_progress=progress, should_cancel=cancelled,
                                           extra_metadata={"host": self.name, **(extra_metadata or {})})
 

@@ -1,0 +1,377 @@
+"""The HTTP API against a real server: `python -m sadtalker serve` in a subprocess on 127.0.0.1, httpx as client.
+
+Fake official checkpoints, a real photo (JPEG), real speech (espeak-ng, 3 frames), the dlib detector, real ffmpeg.
+Renders cost seconds per frame, so every clip is 3 frames and the batch, kill and restart story is one job.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from sadtalker import audio as audio_stage
+from sadtalker.video import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMES = 3
+USERS = {"alice": "s3cret", "bob": "hunter2"}
+AUTH = ("alice", "s3cret")
+MAX_BODY_MB = 2
+V1 = "/sadtalker/v1"
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `python -m sadtalker serve` process."""
+
+    def __init__(self, folder: Path, checkpoints: Path, allowed: Path, *, auth: bool = True):
+        self.folder, self.checkpoints, self.allowed, self.auth = folder, checkpoints, allowed, auth
+        self.outputs = folder / "outputs"
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> Server:
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "sadtalker", "serve", "--port", str(port), "--checkpoints",
+                   str(self.checkpoints), "--outputs", str(self.outputs), "--no-download",
+                   "--max-body-mb", str(MAX_BODY_MB), "--allow-paths", str(self.allowed)]
+        if self.auth:
+            command += ["--api-auth", ",".join(f"{u}:{p}" for u, p in USERS.items())]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.log = open(self.folder / f"server-{port}.log", "wb")
+        self.process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited ({self.process.returncode}):\n{self.read_log()}")
+            try:
+                httpx.get(self.url + V1 + "/version", timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        pytest.fail("the server did not answer within 180 s:\n" + self.read_log())
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return (self.folder / Path(self.log.name).name).read_text(errors="replace")[-3000:]
+
+    def client(self, auth=AUTH) -> httpx.Client:
+        return httpx.Client(base_url=self.url + V1, auth=auth, timeout=900)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+# -- inputs -------------------------------------------------------------------------------------------------
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """Photo (JPEG), a photo without a face, 3 frames of real speech; copies in the server's allowed folder."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed (tools/setup-test-env.sh installs it)")
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("api-inputs")
+    allowed = folder / "allowed"
+    allowed.mkdir()
+    photo = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(photo, "JPEG", quality=90)
+    blank = io.BytesIO()
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(blank, "JPEG")
+    raw = folder / "raw.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "Hello there, talking head."],
+                   check=True, capture_output=True)
+    wav = audio_stage.load_audio(raw)
+    window = FRAMES * audio_stage.SAMPLES_PER_FRAME
+    start = int(np.argmax(np.convolve(wav**2, np.ones(window), mode="valid")))
+    speech = io.BytesIO()
+    soundfile.write(speech, wav[start:start + window], 16000, format="WAV", subtype="PCM_16")
+    (allowed / "astronaut.jpg").write_bytes(photo.getvalue())
+    (allowed / "hello.wav").write_bytes(speech.getvalue())
+    outside = folder / "outside"
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(speech.getvalue())
+    (allowed / "escape.wav").symlink_to(outside / "secret.wav")
+    return {"photo": photo.getvalue(), "blank": blank.getvalue(), "speech": speech.getvalue(), "allowed": allowed,
+            "outside": outside}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, fake_checkpoints, inputs):
+    instance = Server(tmp_path_factory.mktemp("api-server"), fake_checkpoints, inputs["allowed"]).start()
+    holder = {"server": instance}
+    yield holder
+    holder["server"].stop()
+
+
+def _job(client: httpx.Client, job_id: str) -> dict:
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _wait(client: httpx.Client, job_id: str, until, timeout: float = 1800) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _job(client, job_id)
+        if until(job):
+            return job
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} did not get there in {timeout} s: {job}")
+
+
+def _assert_video(data: bytes, folder: Path, name: str = "check.mp4") -> None:
+    path = folder / name
+    path.write_bytes(data)
+    info = probe(path)
+    assert info.video_codec == "h264" and info.frames == FRAMES, info
+
+
+DLIB = {"face_detector": "dlib", "batch_size": 3}
+
+
+# -- tests --------------------------------------------------------------------------------------------------
+
+def test_generate_one_video(server, inputs, tmp_path):
+    """data: URL image + raw base64 audio -> the MP4 (base64), its saved path under outputs/<date>/, the seed."""
+    srv = server["server"]
+    with srv.client() as client:
+        response = client.post("/generate", json={
+            "image": "data:image/jpeg;base64," + b64(inputs["photo"]), "audio": b64(inputs["speech"]),
+            "name": "astronaut says hello", "options": {**DLIB, "seed": 5, "pose_style": 3}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seed"] == 5 and body["frames"] == FRAMES and body["fps"] == 25
+    assert body["options"]["pose_style"] == 3 and body["options"]["face_detector"] == "dlib"
+    saved = Path(body["path"])
+    assert saved.parent == srv.outputs.resolve() / datetime.date.today().isoformat()
+    assert saved.name == "astronaut says hello.mp4"
+    assert base64.b64decode(body["video"]) == saved.read_bytes()
+    _assert_video(saved.read_bytes(), tmp_path)
+
+
+def test_auth_on_and_off(server, inputs, tmp_path, fake_checkpoints):
+    srv = server["server"]
+    no_auth = httpx.get(srv.url + V1 + "/version")
+    assert no_auth.status_code == 401 and no_auth.headers["www-authenticate"].startswith("Basic")
+    assert no_auth.json()["error"]["code"] == "unauthorized"
+    assert httpx.get(srv.url + V1 + "/jobs", auth=("alice", "wrong")).status_code == 401
+    assert httpx.post(srv.url + V1 + "/jobs", json={}, auth=("mallory", "s3cret")).status_code == 401
+    for user, password in USERS.items():
+        assert httpx.get(srv.url + V1 + "/version", auth=(user, password)).status_code == 200
+    open_server = Server(tmp_path, fake_checkpoints, inputs["allowed"], auth=False).start()
+    try:
+        answer = httpx.get(open_server.url + V1 + "/version")
+        assert answer.status_code == 200 and answer.json()["api"] == "v1"
+    finally:
+        open_server.stop()
+
+
+def test_options_models_version(server):
+    with server["server"].client() as client:
+        options = client.get("/options").json()
+        models = client.get("/models").json()
+        version = client.get("/version").json()
+        schema = httpx.get(server["server"].url + "/openapi.json").json()
+    by_name = {o["name"]: o for o in options["options"]}
+    assert by_name["pose_style"]["minimum"] == 0 and by_name["pose_style"]["maximum"] == 45
+    assert by_name["face_detector"]["choices"] == ["facexlib", "face-alignment", "dlib"]
+    assert "none" in options["enhancers"]
+    states = {f["name"]: f["state"] for f in models["files"]}
+    assert states["SadTalker_V0.0.2_256.safetensors"] == "ok" and states["SadTalker_V0.0.2_512.safetensors"] == "missing"
+    assert models["ready"] == {"256": True, "512": False}
+    assert str(server["server"].checkpoints) not in str(models)  # no server path outside the outputs
+    assert version["api"] == "v1" and version["version"]
+    assert {f"{V1}/generate", f"{V1}/jobs", f"{V1}/jobs/{{job_id}}"} <= set(schema["paths"])
+
+
+def _bad_payloads(inputs) -> list[tuple[str, str, str, object, int, str]]:
+    """(case, method, route, json body, status, error code)."""
+    photo, speech = b64(inputs["photo"]), b64(inputs["speech"])
+    ok = {"image": photo, "audio": speech}
+    outside = str(inputs["outside"] / "secret.wav")
+    cases = [
+        ("bad base64", "post", "/generate", {**ok, "image": "this is not base64!"}, 422, "bad_base64"),
+        ("data URL without base64", "post", "/generate", {**ok, "image": "data:image/png,abc"}, 422, "bad_base64"),
+        ("empty base64", "post", "/generate", {**ok, "audio": ""}, 422, "bad_base64"),
+        ("image is a number", "post", "/generate", {**ok, "image": 123}, 422, "invalid_request"),
+        ("pose_style as text", "post", "/generate", {**ok, "options": {"pose_style": "3"}}, 422, "invalid_request"),
+        ("seed not whole", "post", "/generate", {**ok, "options": {"seed": 1.5}}, 422, "invalid_request"),
+        ("still as 1", "post", "/generate", {**ok, "options": {"still": 1}}, 422, "invalid_request"),
+        ("pose_style out of range", "post", "/generate", {**ok, "options": {"pose_style": 99}}, 422,
+         "invalid_request"),
+        ("unknown preprocess", "post", "/generate", {**ok, "options": {"preprocess": "zoom"}}, 422,
+         "invalid_request"),
+        ("unknown enhancer", "post", "/generate", {**ok, "options": {"enhancer": "magic"}}, 422, "invalid_input"),
+        ("options not an object", "post", "/generate", {**ok, "options": [1, 2]}, 422, "invalid_request"),
+        ("unknown option", "post", "/generate", {**ok, "options": {"pose": 1}}, 422, "invalid_request"),
+        ("unknown field", "post", "/generate", {**ok, "imagee": photo}, 422, "invalid_request"),
+        ("missing image", "post", "/generate", {"audio": speech}, 422, "invalid_request"),
+        ("missing audio", "post", "/generate", {"image": photo}, 422, "invalid_request"),
+        ("image and image_path", "post", "/generate", {**ok, "image_path": "astronaut.jpg"}, 422,
+         "invalid_request"),
+        ("empty body", "post", "/generate", None, 422, "invalid_request"),
+        ("body is a list", "post", "/jobs", [ok], 422, "invalid_request"),
+        ("no items", "post", "/jobs", {"items": []}, 422, "invalid_request"),
+        ("items missing", "post", "/jobs", {"image": photo}, 422, "invalid_request"),
+        ("item without audio", "post", "/jobs", {"items": [{"image": photo}]}, 422, "invalid_request"),
+        ("bad base64 in item 1", "post", "/jobs", {"items": [ok, {**ok, "audio": "%%%"}]}, 422, "bad_base64"),
+        ("item option out of range", "post", "/jobs", {"items": [{**ok, "options": {"expression_scale": 9}}]},
+         422, "invalid_request"),
+        ("file not in allowed folder", "post", "/generate", {"image": photo, "audio_path": "missing.wav"}, 422,
+         "file_not_found"),
+        ("unknown job", "get", "/jobs/0123456789abcdef", None, 404, "unknown_job"),
+        ("cancel unknown job", "delete", "/jobs/0123456789abcdef", None, 404, "unknown_job"),
+        ("video of unknown job", "get", "/jobs/0123456789abcdef/items/0/video", None, 404, "unknown_job"),
+        ("list limit 0", "get", "/jobs?limit=0", None, 422, "invalid_request"),
+    ]
+    traversal = [("dot-dot", "../outside/secret.wav"), ("absolute outside", outside),
+                 ("symlink escape", "escape.wav"), ("dot-dot inside", "sub/../hello.wav")]
+    for label, path in traversal:
+        for field_name, body in [
+            ("image_path", {"image_path": path, "audio": speech}),
+            ("audio_path", {"image": photo, "audio_path": path}),
+            ("options.ref_eyeblink", {**ok, "options": {"ref_eyeblink": path}}),
+            ("options.ref_pose", {**ok, "options": {"ref_pose": path}}),
+        ]:
+            cases.append((f"{label} in {field_name}", "post", "/generate", body, 403, "path_outside_allowed"))
+            cases.append((f"{label} in items[0].{field_name}", "post", "/jobs", {"items": [body]}, 403,
+                          "path_outside_allowed"))
+        cases.append((f"{label} in the job's audio_path", "post", "/jobs",
+                      {"audio_path": path, "items": [{"image": photo}]}, 403, "path_outside_allowed"))
+    return cases
+
+
+def test_malformed_payloads_answer_4xx_and_the_server_keeps_serving(server, inputs):
+    srv = server["server"]
+    hidden = str(inputs["outside"].parent)
+    with srv.client() as client:
+        for case, method, route, body, status, code in _bad_payloads(inputs):
+            if body is None and method == "post":
+                response = client.post(route, content=b"", headers={"content-type": "application/json"})
+            elif body is None:
+                response = client.request(method, route)
+            else:
+                response = client.request(method, route, json=body)
+            assert response.status_code == status, f"{case}: {response.status_code} {response.text}"
+            error = response.json()["error"]
+            assert error["code"] == code, f"{case}: {error}"
+            assert len(error["message"]) > 10 and hidden not in error["message"], f"{case}: {error}"
+        not_json = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
+        assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_json"
+        oversized = client.post("/generate", json={"image": "A" * (MAX_BODY_MB * 2**20 + 1000), "audio": "AAAA"})
+        assert oversized.status_code == 413, oversized.text
+        assert oversized.json()["error"]["code"] == "body_too_large" and "MiB" in oversized.json()["error"]["message"]
+        traversal = client.post("/generate", json={"image_path": "../outside/secret.wav", "audio": "AAAA"})
+        assert "outside" not in traversal.json()["error"]["message"]
+        assert client.get("/version").status_code == 200
+        assert client.get("/jobs").status_code == 200
+
+
+def test_cancel_in_the_middle_of_a_job(server, inputs):
+    srv = server["server"]
+    item = {"audio": b64(inputs["speech"]), "options": {"batch_size": 1}}
+    with srv.client() as client:
+        created = client.post("/jobs", json={"image": b64(inputs["photo"]), "options": {"face_detector": "dlib"},
+                                             "items": [item, item]})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        _wait(client, job_id, lambda j: j["items"][0]["stage"] == "render")
+        cancelled = client.delete(f"/jobs/{job_id}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["items"][1]["state"] == "cancelled"
+        job = _wait(client, job_id, lambda j: j["items"][0]["state"] != "running")
+        assert job["state"] == "cancelled"
+        assert [i["state"] for i in job["items"]] == ["cancelled", "cancelled"]
+        assert job["items"][0]["error"]["code"] == "cancelled" and job["items"][0]["video_url"] is None
+        again = client.delete(f"/jobs/{job_id}")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "not_cancellable"
+        no_video = client.get(f"/jobs/{job_id}/items/0/video")
+        assert no_video.status_code == 409 and no_video.json()["error"]["code"] == "no_video"
+        assert client.get(f"/jobs/{job_id}/items/7/video").status_code == 404
+
+
+def test_batch_with_a_bad_item_survives_a_killed_server(server, inputs, tmp_path):
+    """4 items, one without a face: 3 videos and 1 named error, even though the server is SIGKILLed while the
+    second item renders. After the restart the finished item is still reported, the interrupted one runs again
+    from the start (its record says so), the queued ones complete, and no half-written video is served."""
+    srv = server["server"]
+    speech = b64(inputs["speech"])
+    body = {"image_path": "astronaut.jpg", "options": DLIB, "items": [
+        {"audio_path": "hello.wav"},
+        {"audio": speech, "name": "second", "options": {"seed": 11}},
+        {"audio": speech, "image": b64(inputs["blank"]), "name": "no face"},
+        {"audio": speech, "name": "fourth"},
+    ]}
+    with srv.client() as client:
+        created = client.post("/jobs", json=body)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        before = _wait(client, job_id, lambda j: j["items"][1]["state"] == "running")
+    first = before["items"][0]
+    assert first["state"] == "done" and first["name"] == "astronaut__hello" and first["runs"] == 1
+    srv.kill()
+    srv.stop()
+
+    restarted = Server(srv.folder, srv.checkpoints, srv.allowed).start()
+    server["server"] = restarted
+    with restarted.client() as client:
+        after = _job(client, job_id)
+        assert after["items"][0] == {**first, "progress": 1.0}  # reported as before the kill
+        assert after["items"][1]["state"] in ("queued", "running") and "run again" in after["items"][1]["note"]
+        assert client.get(f"/jobs/{job_id}/items/1/video").status_code == 409
+        job = _wait(client, job_id, lambda j: j["state"] not in ("queued", "running"))
+        assert job["state"] == "done" and job["counts"] == {"queued": 0, "running": 0, "done": 3, "failed": 1,
+                                                            "cancelled": 0}
+        states = [(i["name"], i["state"]) for i in job["items"]]
+        assert states == [("astronaut__hello", "done"), ("second", "done"), ("no face", "failed"),
+                          ("fourth", "done")]
+        assert job["items"][1]["runs"] == 2 and "from the start" in job["items"][1]["note"]
+        assert job["items"][1]["seed"] == 11
+        error = job["items"][2]["error"]
+        assert error["code"] == "no_face" and error["message"]
+        for index in (0, 1, 3):
+            video = client.get(f"/jobs/{job_id}/items/{index}/video")
+            assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+            _assert_video(video.content, tmp_path, f"{index}.mp4")
+        listed = client.get("/jobs").json()["jobs"]
+        assert listed[0]["id"] == job_id and listed[0]["state"] == "done"
+    leftovers = [p.name for p in restarted.outputs.rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
+    published = sorted(p.name for p in (restarted.outputs / datetime.date.today().isoformat()).glob("*.mp4"))
+    assert {"astronaut__hello.mp4", "second.mp4", "fourth.mp4"} <= set(published)
