@@ -215,12 +215,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
     options = GenerateOptions(preprocess=args.preprocess, size=args.size, batch_size=args.batch_size,
-                              face_detector=args.face_detector, enhancer=args.enhancer, seed=0,
-                              max_audio_seconds=max(600.0, args.audio_seconds + 1))
+                              face_detector=args.face_detector, enhancer=args.enhancer, precision=args.precision,
+                              seed=0, max_audio_seconds=max(600.0, args.audio_seconds + 1))
     pipeline = SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device, allow_download=False)
     report = run_benchmark(pipeline, args.image, options, audio=args.audio, audio_seconds=args.audio_seconds,
-                           render_frames=None if args.render_frames == 0 else args.render_frames)
+                           frames=None if args.frames == 0 else args.frames, check_quality=args.check_quality)
     sys.stdout.write((report_json(report) if args.json else report.table()) + "\n")
     return 0
 
@@ -306,15 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--no-download", action="store_true", help="never download missing weights")
     add_option_arguments(preview, ("preprocess", "size", "face_detector", "face_box"))
     preview.set_defaults(run=cmd_preview)
-    bench = sub.add_parser("bench", help="seconds per stage and per frame, and memory, for an audio length")
+    bench = sub.add_parser("bench", help="seconds per stage and per frame, GFLOP/s, memory and the fast mode's "
+                                         "quality, for an audio length")
     bench.add_argument("--image", required=True)
     bench.add_argument("--audio", help="speech file (default: synthetic speech-like audio)")
     bench.add_argument("--audio-seconds", type=float, default=10.0, help="length of the synthetic audio")
-    bench.add_argument("--render-frames", type=int, default=8,
-                       help="frames to render (0: all); the encoder still gets the clip's full length")
+    bench.add_argument("--frames", type=int, default=8,
+                       help="frames to time after one warm-up frame (0: render all, no warm-up); the encoder still "
+                            "gets the clip's full length")
     bench.add_argument("--preprocess", default="crop", choices=("crop", "extcrop", "resize", "full", "extfull"))
     bench.add_argument("--size", type=int, default=256, choices=(256, 512))
-    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    bench.add_argument("--check-quality", action="store_true",
+                       help="also render the same frames in fp32 and report the PSNR against them")
+    bench.add_argument("--batch-size", type=int, default=1, help="frames per network call (1 is fastest on CPU)")
     bench.add_argument("--enhancer", default="none", choices=("none", "gfpgan", "restoreformer", "codeformer"))
     bench.add_argument("--face-detector", default="facexlib", choices=("facexlib", "face-alignment", "dlib"))
     bench.add_argument("--checkpoints", metavar="DIR")

@@ -1,15 +1,19 @@
-"""Benchmark: seconds per stage (and per frame) and memory, for a given audio length.
+"""Benchmark: seconds per stage (and per frame), the renderer's achieved GFLOP/s, memory, and the fast mode's
+quality, for a given audio length. The one place where speed is measured.
 
-Rendering is the only stage whose cost grows with the frame count in a way that matters (seconds per frame on a
-CPU), so `render_frames` limits how many frames are actually rendered; the encoder is then fed those rendered
-frames over and over for the clip's full length, which measures its speed and shows that memory does not grow
-with the audio's length. The report says how many frames were rendered and how many were encoded.
+Model loading is its own stage (`load`), never part of a work stage. Rendering is the only stage whose cost per
+frame matters on a CPU, so `frames` limits how many frames are rendered: one more is rendered first as a warm-up
+(it also prepares the source: keypoints and the appearance volume, once per video) and is reported apart. The
+encoder is then fed the rendered frames over and over for the clip's full length, which measures its speed and
+shows that memory does not grow with the audio's length. Wall seconds and process CPU seconds are both reported:
+on a shared machine the wall figure is contended, the CPU figure much less so.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import resource
 import tempfile
@@ -27,29 +31,69 @@ from .options import GenerateOptions
 from .pipeline import SadTalkerPipeline
 from .video import VideoWriter
 
+# FLOPs of one rendered frame (generator incl. dense motion, plus the mapping net), 2 x multiply-adds, counted with
+# torch.utils.flop_counter on the official modules (shared/facts/performance.md). Our fast paths do fewer
+# multiply-adds for the same frame; the achieved rate is stated against this reference count.
+RENDER_GFLOP_PER_FRAME = {256: 1203.2 + 0.19, 512: 4813.0 + 0.19}
+
+
+@dataclass
+class StageTiming:
+    seconds: float
+    cpu_seconds: float
+    rss_mb_after: float
+    seconds_per_frame: float | None = None
+
+
+@dataclass
+class RenderTiming:
+    frames: int  # timed frames (the warm-up frame excluded)
+    seconds: float
+    cpu_seconds: float
+    seconds_per_frame: float
+    first_frame_seconds: float  # the warm-up frame, including the source preparation
+    gflop_per_frame: float
+    gflop_per_second: float
+
 
 @dataclass
 class BenchReport:
     audio_seconds: float
-    frames: int
-    frames_rendered: int
+    frames: int  # frames of the clip (all of them are encoded)
     size: int
     batch_size: int
     threads: int
     device: str
-    seconds: dict[str, float] = field(default_factory=dict)
-    render_seconds_per_frame: float = 0.0
-    rss_mb_after: dict[str, float] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
+    precision: str  # the option given
+    compute_dtype: str  # what it resolved to on this device
+    load_seconds: float
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+    render: RenderTiming | None = None
+    peak_rss_mb: float = 0.0  # peak of the whole run, before any quality check
+    quality: dict[str, float] | None = None  # psnr_db, max_abs_u8 of the rendered frames vs fp32
 
     def table(self) -> str:
-        lines = [f"audio {self.audio_seconds:.1f} s = {self.frames} frames; rendered {self.frames_rendered} "
-                 f"(size {self.size}, batch {self.batch_size}, {self.threads} threads, {self.device})",
-                 f"{'stage':10} {'seconds':>9} {'RSS after (MB)':>15}"]
-        for stage, seconds in self.seconds.items():
-            lines.append(f"{stage:10} {seconds:9.2f} {self.rss_mb_after.get(stage, 0):15.0f}")
-        lines.append(f"render: {self.render_seconds_per_frame:.2f} s per frame; peak RSS {self.peak_rss_mb:.0f} MB")
+        lines = [f"audio {self.audio_seconds:.1f} s = {self.frames} frames; size {self.size}, batch "
+                 f"{self.batch_size}, {self.threads} threads, {self.device}, precision {self.precision} "
+                 f"({self.compute_dtype}); models loaded in {self.load_seconds:.2f} s",
+                 f"{'stage':8} {'seconds':>9} {'cpu s':>9} {'s/frame':>9} {'RSS after (MB)':>15}"]
+        for name, stage in self.stages.items():
+            per_frame = f"{stage.seconds_per_frame:9.3f}" if stage.seconds_per_frame is not None else f"{'':9}"
+            lines.append(f"{name:8} {stage.seconds:9.2f} {stage.cpu_seconds:9.2f} {per_frame} "
+                         f"{stage.rss_mb_after:15.0f}")
+        if self.render is not None:
+            r = self.render
+            lines.append(f"render: {r.seconds_per_frame:.3f} s per frame over {r.frames} frames (warm-up frame "
+                         f"{r.first_frame_seconds:.2f} s excluded); {r.gflop_per_second:.0f} GFLOP/s against "
+                         f"{r.gflop_per_frame:.1f} GFLOP per frame")
+        lines.append(f"peak RSS {self.peak_rss_mb:.0f} MB")
+        if self.quality is not None:
+            lines.append(f"quality vs fp32: PSNR {self.quality['psnr_db']:.2f} dB, max abs difference "
+                         f"{self.quality['max_abs_u8']:.0f}/255")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def current_rss_mb() -> float:
@@ -65,6 +109,12 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
 
 
+def psnr_db(frames: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of uint8 frames against reference frames (peak 255); inf when identical."""
+    mse = float(np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def synthetic_speech(seconds: float, sample_rate: int = audio_stage.SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """Speech-like audio for timing only (syllable-rate modulated harmonics + noise): never silent."""
     rng = np.random.default_rng(seed)
@@ -76,51 +126,90 @@ def synthetic_speech(seconds: float, sample_rate: int = audio_stage.SAMPLE_RATE,
     return (0.2 * envelope * voiced + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, *, audio=None,
-                  audio_seconds: float = 10.0, render_frames: int | None = 8,
-                  output: Path | None = None) -> BenchReport:
-    """Time each stage of one generation. `render_frames=None` renders every frame."""
-    stages: dict[str, float] = {}
-    rss: dict[str, float] = {}
+def load_models(pipeline: SadTalkerPipeline, options: GenerateOptions) -> None:
+    """Load everything a generation with `options` uses, so that no work stage includes loading."""
+    pipeline._detector(options.face_detector)
+    pipeline.models.face3d(options.size)
+    pipeline.models.audio_nets(options.size)
+    pipeline.models.renderer(options.size, options.preprocess, options.precision)
+    if options.enhancer != "none":
+        pipeline._enhancer(options.enhancer)
 
-    def timed(name, work):
+
+def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, *, audio=None,
+                  audio_seconds: float = 10.0, frames: int | None = 8, check_quality: bool = False,
+                  output: Path | None = None) -> BenchReport:
+    """Time each stage of one generation. `frames=None` renders every frame of the clip (plus no warm-up)."""
+    stages: dict[str, StageTiming] = {}
+
+    def timed(name, work, per_frame_count: int | None = None):
         gc.collect()
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         value = work()
-        stages[name] = time.perf_counter() - start
-        rss[name] = current_rss_mb()
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        stages[name] = StageTiming(seconds, cpu_seconds, current_rss_mb(),
+                                   seconds / per_frame_count if per_frame_count else None)
         return value
+
+    start = time.perf_counter()
+    load_models(pipeline, options)
+    load_seconds = time.perf_counter() - start
+    renderer = pipeline.models.renderer(options.size, options.preprocess, options.precision)
+    compute_dtype = str(renderer.compute_dtype).removeprefix("torch.")
 
     source = timed("face", lambda: pipeline.prepare_source(image, options))
     wav = audio if audio is not None else synthetic_speech(audio_seconds)
     features = timed("audio", lambda: pipeline.prepare_audio(wav, options))
     sequence = timed("motion", lambda: pipeline.predict_motion(features, source, options, seed=0))
     total = sequence.num_frames
-    to_render = total if render_frames is None else min(total, render_frames)
+    timed_frames = total if frames is None else max(1, min(total - 1, frames))
+    warm_up = 0 if frames is None else 1
 
-    def render():
-        frames = pipeline.finish_frames(pipeline.render_frames(source, sequence, options), source, options)
-        return list(islice(frames, to_render))
+    rendered: list[np.ndarray] = []
+    gc.collect()
+    stream = pipeline.render_frames(source, sequence, options)
+    first_start = time.perf_counter()
+    rendered.extend(islice(stream, warm_up))
+    first_frame_seconds = time.perf_counter() - first_start
+    wall, cpu = time.perf_counter(), time.process_time()
+    rendered.extend(islice(stream, timed_frames))
+    render_seconds, render_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    stream.close()
+    stages["render"] = StageTiming(render_seconds, render_cpu, current_rss_mb(), render_seconds / timed_frames)
+    gflop = RENDER_GFLOP_PER_FRAME.get(options.size, RENDER_GFLOP_PER_FRAME[256] * (options.size / 256) ** 2)
+    render = RenderTiming(frames=timed_frames, seconds=render_seconds, cpu_seconds=render_cpu,
+                          seconds_per_frame=render_seconds / timed_frames, first_frame_seconds=first_frame_seconds,
+                          gflop_per_frame=gflop, gflop_per_second=gflop * timed_frames / render_seconds)
 
-    rendered = timed("render", render)
+    finished = timed("finish", lambda: list(pipeline.finish_frames(iter(rendered), source, options)), len(rendered))
     with tempfile.TemporaryDirectory(prefix="sadtalker-bench-") as scratch:
         speech = Path(scratch) / "speech.wav"
         soundfile.write(speech, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
         target = output or Path(scratch) / "bench.mp4"
 
         def encode():
-            height, width = rendered[0].shape[:2]
+            height, width = finished[0].shape[:2]
             with VideoWriter(target, (width, height), fps=options.fps, audio_path=speech) as writer:
-                for frame in islice(cycle(rendered), total):
+                for frame in islice(cycle(finished), total):
                     writer.write(frame)
 
-        timed("encode", encode)
-    return BenchReport(audio_seconds=total / options.fps, frames=total, frames_rendered=to_render, size=options.size,
+        timed("encode", encode, total)
+    del finished
+    peak = peak_rss_mb()
+
+    quality = None
+    if check_quality:
+        del renderer  # the store holds one precision per size: asking for fp32 replaces the fast renderer
+        reference_options = options.replace(precision="fp32")
+        reference = list(islice(pipeline.render_frames(source, sequence, reference_options), len(rendered)))
+        fast, exact = np.stack(rendered), np.stack(reference)
+        quality = {"psnr_db": psnr_db(fast, exact),
+                   "max_abs_u8": float(np.abs(fast.astype(np.int16) - exact.astype(np.int16)).max())}
+    return BenchReport(audio_seconds=total / options.fps, frames=total, size=options.size,
                        batch_size=options.batch_size, threads=torch.get_num_threads(),
-                       device=str(pipeline.models.device), seconds=stages,
-                       render_seconds_per_frame=stages["render"] / max(to_render, 1), rss_mb_after=rss,
-                       peak_rss_mb=peak_rss_mb())
+                       device=str(pipeline.models.device), precision=options.precision, compute_dtype=compute_dtype,
+                       load_seconds=load_seconds, stages=stages, render=render, peak_rss_mb=peak, quality=quality)
 
 
 def report_json(report: BenchReport) -> str:
-    return json.dumps(asdict(report), indent=2)
+    return json.dumps(report.to_dict(), indent=2)

@@ -37,7 +37,7 @@ from .face.paste import PasteBack, aspect_frame
 from .face.reconstruct import source_coefficients
 from .image import image_warnings, load_image
 from .options import GenerateOptions
-from .render import Renderer, frames_to_uint8, source_image_input
+from .render import Renderer, frames_to_uint8, resolve_precision, source_image_input
 from .video import VideoWriter, check_output_folder, read_video_frames, unique_output_path, video_fps
 
 log = logging.getLogger("sadtalker")
@@ -102,19 +102,31 @@ class ModelStore:
     def audio_nets(self, size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
         # the audio nets are small and run once per clip: keep them in float32 for exact coefficients
         wf = files.sadtalker_file(size)
-        return self._component(wf, "audio2exp", torch.float32), self._component(wf, "audio2pose", torch.float32)
+        pose_key = ("net", wf.name, "audio2pose")
+        if pose_key not in self._cache:
+            self._cache[pose_key] = load_component(self._reader(wf), "audio2pose", device=self.device,
+                                                   dtype=torch.float32).drop_training_parts()
+        return self._component(wf, "audio2exp", torch.float32), self._cache[pose_key]  # type: ignore[return-value]
 
     def face3d(self, size: int) -> torch.nn.Module:
         return self._component(files.sadtalker_file(size), "face_3drecon", torch.float32)
 
-    def renderer(self, size: int, preprocess: str) -> Renderer:
+    def renderer(self, size: int, preprocess: str, precision: str = "fp32") -> Renderer:
+        """The renderer for a size and preprocess family, its generator computing in `precision` (an option value:
+        fp32, bf16, fp16, auto). One precision per size and mapping is held: asking for another replaces it (two
+        copies of the generator would double its memory)."""
         mapping_wf = files.mapping_file(preprocess)
-        key = ("renderer", size, mapping_wf.name)
+        dtype = resolve_precision(precision, self.device)
+        key = ("renderer", size, mapping_wf.name, dtype)
         if key not in self._cache:
+            for other in [k for k in self._cache if k[:3] == key[:3]]:
+                del self._cache[other]
             wf = files.sadtalker_file(size)
             (mapping_id,) = mapping_wf.components
-            self._cache[key] = Renderer(self._component(wf, "kp_extractor"), self._component(wf, "generator"),
-                                        self._component(mapping_wf, mapping_id))
+            # not a cached component: set_compute_dtype changes the generator in place
+            generator = load_component(self._reader(wf), "generator", device=self.device, dtype=torch.float32)
+            self._cache[key] = Renderer(self._component(wf, "kp_extractor"), generator,
+                                        self._component(mapping_wf, mapping_id), compute_dtype=dtype)
         return self._cache[key]  # type: ignore[return-value]
 
     def unload(self) -> None:
@@ -240,7 +252,7 @@ class SadTalkerPipeline:
     def render_frames(self, source: SourceFace, sequence: motion.CoefficientSequence, options: GenerateOptions,
                       run: _Run | None = None) -> Iterator[np.ndarray]:
         """Coefficients -> rendered face frames (S, S, 3) uint8, in order, `batch_size` per network call."""
-        renderer = self.models.renderer(options.size, options.preprocess)
+        renderer = self.models.renderer(options.size, options.preprocess, options.precision)
         inputs = render_inputs.renderer_inputs(sequence.coeffs, source.coefficients, options)
         state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None])
         total = inputs.num_frames

@@ -161,3 +161,73 @@ def test_source_volume_matches_official(golden, generator, case):
         np.testing.assert_allclose(volume[0, :, 8].numpy(), data["g0_feature_3d_depth8"], atol=1e-4, rtol=0)
     batch = int(data["batch_size"])  # the official sum covers every (identical) batch row
     np.testing.assert_allclose(batch * volume.double().sum().item(), data["g0_feature_3d_sum"][0], rtol=1e-6)
+
+
+# -- the CPU fast paths, each against the plain expression it replaces (1e-5) -----------------------------------
+
+def test_fused_spade_modulation_equals_instance_norm_expression():
+    from sadtalker.nets.blocks import instance_norm_modulation, modulate_instance_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 16, 16, generator=gen) * 3 + 1
+    gamma, beta = torch.randn(2, 8, 16, 16, generator=gen), torch.randn(2, 8, 16, 16, generator=gen)
+    expected = instance_norm_modulation(x, gamma, beta)
+    got = modulate_instance_norm(x, gamma.clone(), beta.clone())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_phase_decomposed_conv_equals_conv_of_upsampled(scale, groups):
+    from sadtalker.nets.blocks import relu_conv3x3_of_upsampled
+
+    gen = torch.Generator().manual_seed(scale * 10 + groups)
+    x = torch.randn(2, 5, 7, 6, generator=gen)
+    weight = torch.randn(4 * groups, 5, 3, 3, generator=gen) * 0.3
+    bias = torch.randn(4 * groups, generator=gen)
+    upsampled = torch.nn.functional.interpolate(x, scale_factor=float(scale), mode="nearest")
+    expected = torch.relu(torch.nn.functional.conv2d(upsampled, weight, bias, padding=1))
+    maps = relu_conv3x3_of_upsampled(x, weight, bias, scale, groups=groups)
+    assert len(maps) == groups
+    torch.testing.assert_close(torch.cat(maps, 1), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_single_output_conv_equals_conv2d(kernel):
+    from sadtalker.nets.generator import single_output_conv2d
+
+    gen = torch.Generator().manual_seed(kernel)
+    x = torch.randn(2, 40, 12, 9, generator=gen)
+    weight, bias = torch.randn(1, 40, kernel, kernel, generator=gen) * 0.1, torch.randn(1, generator=gen)
+    expected = torch.nn.functional.conv2d(x, weight, bias, padding=kernel // 2)
+    torch.testing.assert_close(single_output_conv2d(x, weight, bias), expected, atol=1e-5, rtol=0)
+
+
+def test_fast_paths_switch_reaches_every_layer_and_the_plain_forward_agrees(small_generator_inputs):
+    from sadtalker.nets.blocks import set_fast_paths
+
+    generator, volume, kp_source, kp_driving = small_generator_inputs
+    switched = [m for m in generator.modules() if hasattr(m, "fast_paths")]
+    assert len(switched) == 2 + 2 * 6 + 3 + 3  # dense motion, decoder, the SPADE layers of the 8 blocks
+    with torch.inference_mode():
+        fast = generator.animate(volume, kp_source, kp_driving, return_intermediates=True)
+        set_fast_paths(generator, False)
+        assert not any(m.fast_paths for m in switched)
+        plain = generator.animate(volume, kp_source, kp_driving, return_intermediates=True)
+        set_fast_paths(generator, True)
+    # The logits sum many more terms than the unit cases above: the same 1e-5 relative to their scale.
+    scale = plain["logits"].abs().max().item()
+    torch.testing.assert_close(fast["logits"], plain["logits"], atol=1e-5 * max(scale, 1.0), rtol=0)
+    torch.testing.assert_close(fast["occlusion_map"], plain["occlusion_map"], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def small_generator_inputs(generator):
+    """The fake generator on a 128x128 source (the smallest it takes: 1/4 of the work of a 256 frame)."""
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 128, 128, generator=gen)
+    kp_source = torch.rand(2, 15, 3, generator=gen) * 1.6 - 0.8
+    kp_driving = kp_source + 0.05 * torch.randn(2, 15, 3, generator=gen)
+    with torch.inference_mode():
+        volume = generator.encode_source(image)
+    return generator, volume, kp_source, kp_driving

@@ -196,6 +196,13 @@ class Audio2Pose(nn.Module):
     def num_styles(self) -> int:
         return self.netG.decoder.classbias.shape[0]
 
+    def drop_training_parts(self) -> "Audio2Pose":
+        """Free the CVAE encoder and the motion discriminator (about 20 MB in float32), which inference never
+        runs; the state dict then no longer matches the official file, so do it only after loading. Returns self."""
+        self.netG.encoder = None
+        self.netD_motion = None
+        return self
+
     def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
         """Mel windows (T, 1, 80, 16) or (B, T, 1, 80, 16) -> embeddings (B, T, 512) (B = 1 for 4-D input)."""
         if windows.dim() == 4:

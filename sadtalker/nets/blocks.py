@@ -2,6 +2,13 @@
 
 Every block keeps the official attribute names (`conv`, `norm`, ...) so that state-dict keys match the released
 checkpoints. BatchNorm layers are plain inference BatchNorm (eps 1e-5) with the stored running statistics.
+
+Fast paths: a few layers have a faster way to compute the same expression on CPU (oneDNN), each a function
+here with its own test against the plain expression: `modulate_instance_norm` (SPADE's normalisation folded
+into its modulation, in place), `relu_conv3x3_of_upsampled` (a 3x3 conv of a nearest-upsampled map, phase by
+phase) and `single_output_conv2d` (one output channel as a matrix product). Modules that use one have a
+`fast_paths` attribute; `set_fast_paths(model, False)` makes the whole model run the plain, weight-compatible
+reference forward instead (for other backends, and to check the fast paths).
 """
 
 from __future__ import annotations
@@ -63,7 +70,12 @@ class DownBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), kernel_size=(1, 2, 2))
+        out = F.relu(self.norm(self.conv(x)))
+        # avg_pool3d over (1, 2, 2) as a 2-D pool of the depth slices: the same four-value means, and the CPU has
+        # a bfloat16 / float16 kernel for the 2-D pool only.
+        batch, channels, depth, height, width = out.shape
+        pooled = F.avg_pool2d(out.reshape(batch, channels * depth, height, width), kernel_size=2)
+        return pooled.view(batch, channels, depth, height // 2, width // 2)
 
 
 class UpBlock3d(nn.Module):
@@ -114,13 +126,43 @@ class SpectralNormConv2d(nn.Module):
         nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
 
     def effective_weight(self) -> torch.Tensor:
-        """weight_orig / sigma, (out, in, k, k)."""
-        matrix = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
-        sigma = torch.dot(self.weight_u, torch.mv(matrix, self.weight_v))
-        return self.weight_orig / sigma
+        """weight_orig / sigma, (out, in, k, k), in the weights' dtype; sigma is computed in float32 at least (a
+        half-precision sigma would scale the whole layer's output wrongly)."""
+        weight = self.weight_orig
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            weight = weight.float()
+        matrix = weight.reshape(weight.shape[0], -1)
+        sigma = torch.dot(self.weight_u.to(weight.dtype), torch.mv(matrix, self.weight_v.to(weight.dtype)))
+        return (weight / sigma).to(self.weight_orig.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.effective_weight(), self.bias, padding=self.padding)
+
+
+def set_fast_paths(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every fast path in `model` on or off (see the module docstring); returns `model`."""
+    for module in model.modules():
+        if hasattr(module, "fast_paths"):
+            module.fast_paths = enabled
+    return model
+
+
+def instance_norm_modulation(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The plain expression: instance_norm(x) * (1 + gamma) + beta (biased variance, eps 1e-5)."""
+    return F.instance_norm(x, eps=1e-5) * (1 + gamma) + beta
+
+
+def modulate_instance_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Fast path of `instance_norm_modulation`, overwriting gamma and beta (returned as the result).
+
+    (x - mean) * ((1 + gamma) / std) + beta makes one fresh full-size tensor (x - mean) instead of four. The
+    statistics are summed in float32 whatever x's dtype (a half-precision sum over 64x64 pixels loses too much).
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
+    centered = x - mean.to(x.dtype)
+    inv_std = torch.rsqrt(centered.square().mean(dim=(2, 3), keepdim=True, dtype=torch.float32) + 1e-5)
+    scale = gamma.add_(1).mul_(inv_std.to(gamma.dtype))
+    return beta.addcmul_(centered, scale)
 
 
 class SPADE(nn.Module):
@@ -130,6 +172,8 @@ class SPADE(nn.Module):
     split in two so that a decoder can compute the hidden map more cheaply: hidden = relu(mlp_shared(seg)), then
     `modulate(x, hidden)`.
     """
+
+    fast_paths = True
 
     def __init__(self, *, channels: int, label_channels: int = 256, hidden: int = 128):
         super().__init__()
@@ -145,13 +189,8 @@ class SPADE(nn.Module):
 
     def modulate(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """(B, channels, H, W), hidden (B, hidden, H, W) -> (B, channels, H, W)."""
-        # Instance norm (biased variance, eps 1e-5) folded into the modulation, with as few fresh full-size
-        # tensors as possible: (x - mean) * ((1 + gamma) / std) + beta.
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        centered = x - mean
-        inv_std = torch.rsqrt(centered.square().mean(dim=(2, 3), keepdim=True) + 1e-5)
-        scale = self.mlp_gamma(hidden).add_(1).mul_(inv_std)
-        return self.mlp_beta(hidden).addcmul_(centered, scale)
+        combine = modulate_instance_norm if self.fast_paths else instance_norm_modulation
+        return combine(x, self.mlp_gamma(hidden), self.mlp_beta(hidden))
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         return self.modulate(x, self.hidden(seg, x.shape[2:]))
@@ -228,6 +267,7 @@ def relu_conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     convolution, whose (h+1, w+1) outputs are then interleaved.
     """
     patterns, phase_pattern = _tap_patterns(scale)
+    weight = weight.float()  # the taps are summed in float32 (then rounded once) whatever x's dtype
     kernels, origins = [], {}
     for row, row_pattern in enumerate(patterns):
         row_kernel = _two_tap_kernel(weight, row_pattern, 2)
@@ -235,7 +275,7 @@ def relu_conv3x3_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
             origins[row, col] = (len(kernels), row_pattern[0], col_pattern[0])
             kernels.append(_two_tap_kernel(row_kernel, col_pattern, 3))
     x = x.contiguous(memory_format=torch.channels_last)
-    phases = F.relu_(F.conv2d(x, torch.cat(kernels), bias.repeat(len(kernels)), padding=1))
+    phases = F.relu_(F.conv2d(x, torch.cat(kernels).to(x.dtype), bias.to(x.dtype).repeat(len(kernels)), padding=1))
     batch, _, height, width = x.shape
     channels = weight.shape[0] // groups
     maps = []

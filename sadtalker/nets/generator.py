@@ -3,6 +3,12 @@
 State-dict keys = the official `generator.*` keys with the prefix stripped. The work is split so that a video
 encodes its source image once: `encode_source` (image -> 3-D appearance volume) and `animate` (volume + source
 and driving keypoints -> frame).
+
+Precision: `set_compute_dtype(bfloat16 or float16)` moves only the per-frame convolution stacks (dense-motion
+hourglass and its mask / occlusion heads, `third`, `fourth`, the SPADE decoder) to half precision. Everything
+that is a coordinate or a probability stays float32: the source encoder (run once), keypoints, Gaussian heatmaps,
+the motion fields and their softmax blend, both grid_sample warps, and the final sigmoid. Each part casts its
+input to its own weights' dtype, so any mix runs.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from .blocks import (
 
 KP_VARIANCE = 0.01
 MASK_FLOOR = 1e-3
+# The parts that `set_compute_dtype` moves to half precision (attribute paths from the generator).
+HALF_PRECISION_PARTS = ("dense_motion_network.hourglass", "dense_motion_network.mask",
+                        "dense_motion_network.occlusion", "third", "fourth", "decoder")
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first parameter (what its input is cast to)."""
+    return next(module.parameters()).dtype
 
 
 def keypoint_gaussians(kp: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -126,6 +140,8 @@ class DenseMotionNetwork(nn.Module):
     `mask` (N, K + 1, D, h, w) softmax weights before the 1e-3 floor.
     """
 
+    fast_paths = True
+
     def __init__(self, *, block_expansion: int = 32, num_blocks: int = 5, max_features: int = 1024,
                  num_kp: int = 15, feature_channels: int = 32, reshape_depth: int = 16, compress: int = 4):
         super().__init__()
@@ -138,7 +154,8 @@ class DenseMotionNetwork(nn.Module):
 
     def forward(self, feature_3d: torch.Tensor, kp_source: torch.Tensor,
                 kp_driving: torch.Tensor) -> dict[str, torch.Tensor]:
-        compressed = F.relu(self.norm(self.compress(feature_3d)))
+        compressed = F.relu(self.norm(self.compress(feature_3d.to(weight_dtype(self.compress)))))
+        kp_source, kp_driving = kp_source.to(compressed.dtype), kp_driving.to(compressed.dtype)
         frames = kp_driving.shape[0]
         _, _, depth, height, width = compressed.shape
         grid = make_coordinate_grid(depth, height, width, dtype=compressed.dtype, device=compressed.device)
@@ -154,17 +171,23 @@ class DenseMotionNetwork(nn.Module):
         heatmaps = F.pad(heatmaps, (0, 0, 0, 0, 0, 0, 1, 0))  # zero map for the background motion
         motion_input = torch.cat([heatmaps.unsqueeze(2), deformed], dim=2).flatten(1, 2)
 
-        prediction = self.hourglass(motion_input)
-        mask = F.softmax(self.mask(prediction), dim=1)
+        prediction = self.hourglass(motion_input.to(weight_dtype(self.hourglass)))
+        mask = F.softmax(self.mask(prediction.to(weight_dtype(self.mask))).to(motions.dtype), dim=1)
         floored = torch.where(mask < MASK_FLOOR, torch.zeros_like(mask), mask)
         deformation = (motions * floored.unsqueeze(-1)).sum(dim=1)
-        occlusion_map = torch.sigmoid(single_output_conv2d(prediction.flatten(1, 2), self.occlusion.weight,
-                                                           self.occlusion.bias))
+        occlusion_input = prediction.flatten(1, 2).to(weight_dtype(self.occlusion))
+        if self.fast_paths:
+            occlusion_logits = single_output_conv2d(occlusion_input, self.occlusion.weight, self.occlusion.bias)
+        else:
+            occlusion_logits = self.occlusion(occlusion_input)
+        occlusion_map = torch.sigmoid(occlusion_logits.to(motions.dtype))
         return {"deformation": deformation, "occlusion_map": occlusion_map, "mask": mask}
 
 
 class SPADEDecoder(nn.Module):
     """Warped features (B, 256, h, w) -> RGB logits (B, 3, 4h, 4w); the input is also the SPADE segmentation map."""
+
+    fast_paths = True
 
     def __init__(self, *, in_channels: int = 256, out_channels: int = 64, num_middle: int = 6):
         super().__init__()
@@ -182,6 +205,10 @@ class SPADEDecoder(nn.Module):
         x = self.fc(seg)
         for i in range(self.num_middle):
             x = getattr(self, f"G_middle_{i}")(x, seg)
+        if not self.fast_paths:
+            x = self.up_0(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
+            x = self.up_1(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
+            return self.conv_img(F.leaky_relu(x, 0.2))
         # Channels-last from here: oneDNN runs the 128- and 256-pixel convolutions faster so (not the 64-pixel
         # ones above), and the phase interleaving of `relu_conv3x3_of_upsampled` then copies whole pixels.
         x = x.contiguous(memory_format=torch.channels_last)
@@ -233,9 +260,19 @@ class OcclusionAwareSPADEGenerator(nn.Module):
         self.reshape_channels = reshape_channels
         self.reshape_depth = reshape_depth
 
+    def set_compute_dtype(self, dtype: torch.dtype, parts: tuple[str, ...] = HALF_PRECISION_PARTS
+                          ) -> "OcclusionAwareSPADEGenerator":
+        """Cast `parts` (see HALF_PRECISION_PARTS) to `dtype` and every other part to float32 (or keep float64);
+        returns self. float32 everywhere is the golden-exact reference."""
+        floating = torch.float64 if weight_dtype(self) == torch.float64 else torch.float32
+        self.to(floating)
+        for path in parts:
+            self.get_submodule(path).to(dtype)
+        return self
+
     def encode_source(self, source_image: torch.Tensor) -> torch.Tensor:
-        """(F, 3, S, S) in [0, 1] -> appearance volume feature_3d (F, 32, 16, S/4, S/4)."""
-        out = self.first(source_image)
+        """(F, 3, S, S) in [0, 1] -> appearance volume feature_3d (F, 32, 16, S/4, S/4), in the encoder's dtype."""
+        out = self.first(source_image.to(weight_dtype(self.first)))
         for block in self.down_blocks:
             out = block(out)
         out = self.second(out)
@@ -244,7 +281,8 @@ class OcclusionAwareSPADEGenerator(nn.Module):
 
     def animate(self, feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, *,
                 return_intermediates: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        """feature_3d (F, 32, 16, h, w), kp_source / kp_driving (N, 15, 3) -> prediction (N, 3, 4h, 4w).
+        """feature_3d (F, 32, 16, h, w), kp_source / kp_driving (N, 15, 3) -> prediction (N, 3, 4h, 4w) in the
+        coordinate dtype (that of dense_motion_network.compress: float32 unless the model is float64).
 
         With return_intermediates, a dict instead: `prediction`, `logits` (before the sigmoid), `deformation`
         (N, 16, h, w, 3), `occlusion_map` (N, 1, h, w), `mask` (N, 16, 16, h, w), `decoder_input` (N, 256, h, w).
@@ -255,10 +293,13 @@ class OcclusionAwareSPADEGenerator(nn.Module):
                              f"dividing it; got kp_source {tuple(kp_source.shape)}, feature_3d "
                              f"{tuple(feature_3d.shape)}")
         motion = self.dense_motion_network(feature_3d, kp_source, kp_driving)
-        warped = sample_volume(feature_3d, motion["deformation"].unsqueeze(1)).reshape(
+        deformation = motion["deformation"]
+        warped = sample_volume(feature_3d.to(deformation.dtype), deformation.unsqueeze(1)).reshape(
             frames, -1, *feature_3d.shape[-2:])
-        decoder_input = self.fourth(self.third(warped)).mul_(motion["occlusion_map"])
-        logits = self.decoder(decoder_input)
+        features = self.third(warped.to(weight_dtype(self.third)))
+        features = self.fourth(features.to(weight_dtype(self.fourth)))
+        decoder_input = features.mul_(motion["occlusion_map"].to(features.dtype))
+        logits = self.decoder(decoder_input.to(weight_dtype(self.decoder))).to(deformation.dtype)
         prediction = torch.sigmoid(logits)
         if not return_intermediates:
             return prediction
