@@ -1,4 +1,4 @@
-"""Command line: `python -m sadtalker {generate,download,check} ...`."""
+"""Command line: `python -m sadtalker {generate,preview,batch,bench,check,download} ...`."""
 
 from __future__ import annotations
 
@@ -179,6 +179,63 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_progress(planned, stream, verbose: bool):
+    labels = {entry.index: entry.label for entry in planned}
+
+    def report(event) -> None:
+        label = labels.get(event.index, f"item {event.index + 1}")
+        if event.stage == "started":
+            again = f", attempt {event.attempt}" if event.attempt > 1 else ""
+            stream.write(f"started  {label} on {event.worker}{again}\n")
+        elif event.stage == "retrying":
+            stream.write(f"retrying {label}: its worker died (attempt {event.attempt})\n")
+        elif verbose and event.stage != "queued":
+            stream.write(f"         {label}: {event.stage} {event.done}/{event.total}\n")
+        stream.flush()
+
+    return report
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from .batch import LocalBackend, plan_batch, read_manifest, run_batch, summary_line
+
+    items = read_manifest(args.manifest)
+    planned = plan_batch(items, options_from_args(args), args.out_dir)
+    progress = None if args.quiet else _batch_progress(planned, sys.stderr, args.verbose)
+    if args.ray:
+        from .batch_ray import RayBackend
+
+        backend = RayBackend(args.ray, models_dir=_models_dir(args.checkpoints), device=args.device,
+                             workers=args.workers, threads_per_worker=args.threads,
+                             allow_download=not args.no_download, max_attempts=args.max_attempts, on_progress=progress)
+    else:
+        from .pipeline import SadTalkerPipeline
+
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InvalidInput("--device cuda: no CUDA device is available here; use --device cpu")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        backend = LocalBackend(SadTalkerPipeline(_models_dir(args.checkpoints), device=args.device,
+                                                 allow_download=not args.no_download), on_progress=progress)
+    started, results = time.perf_counter(), []
+    try:
+        for result in run_batch(backend, planned):
+            results.append(result)
+            sys.stdout.write(result.line() + "\n")
+            sys.stdout.flush()
+    finally:
+        backend.close()
+    sys.stdout.write(summary_line(results, time.perf_counter() - started) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from PIL import Image
 
@@ -308,6 +365,26 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--no-download", action="store_true", help="never download missing weights")
     add_option_arguments(preview, ("preprocess", "size", "face_detector", "face_box"))
     preview.set_defaults(run=cmd_preview)
+    batch = sub.add_parser("batch", help="many photo + speech items from a manifest, locally or on a Ray cluster",
+                           description="MANIFEST: a CSV with the header image,audio (optional: name and option "
+                           "columns such as pose_style, still) or a JSON list of {image, audio, name, options}. "
+                           "Relative paths are read from the manifest's folder. An item's own column overrides "
+                           "the flag given here, which overrides the default.")
+    batch.add_argument("manifest", metavar="MANIFEST", help="items.csv or items.json")
+    batch.add_argument("--out-dir", required=True, metavar="DIR", help="where the videos go (never overwritten)")
+    batch.add_argument("--ray", metavar="local|auto|ADDRESS",
+                       help="run on Ray: start a local cluster, join the running one (auto) or one at HOST:PORT")
+    batch.add_argument("--workers", type=int, metavar="N",
+                       help="Ray actors (default: one per GPU with --device cuda, else one per node)")
+    batch.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per worker")
+    batch.add_argument("--max-attempts", type=int, default=3, metavar="N",
+                       help="Ray: tries per item when its worker dies (default 3)")
+    batch.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
+    batch.add_argument("--no-download", action="store_true", help="never download missing weights")
+    batch.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    add_option_arguments(batch)
+    batch.set_defaults(run=cmd_batch)
     bench = sub.add_parser("bench", help="seconds per stage and per frame, GFLOP/s, memory and the fast mode's "
                                          "quality, for an audio length")
     bench.add_argument("--image", required=True)

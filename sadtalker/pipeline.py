@@ -313,7 +313,7 @@ class SadTalkerPipeline:
         if intermediates_dir is not None:
             _save_intermediates(Path(intermediates_dir), source, sequence)
         target = Path(output) if output is not None else unique_output_path(
-            Path(output_dir or "."), _output_stem(image, audio))
+            Path(output_dir or "."), output_stem(image, audio))
         metadata = {"generator": "sd-webui-sadtalker", "options": options.to_dict(), "seed": seed,
                     "frames": sequence.num_frames, **(extra_metadata or {})}
         run.stage("render", 0, sequence.num_frames)
@@ -379,7 +379,8 @@ class SadTalkerPipeline:
         self._enhancers.clear()
 
 
-def _output_stem(image, audio) -> str:
+def output_stem(image, audio) -> str:
+    """The default name of a video: `<photo>__<audio>` (`<photo>__idle` without speech)."""
     image_part = Path(image).stem if isinstance(image, (str, Path)) else "image"
     audio_part = Path(audio).stem if isinstance(audio, (str, Path)) else ("idle" if audio is None else "audio")
     return f"{image_part}__{audio_part}"

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -310,8 +310,9 @@ def _parse_ffmetadata(text: str) -> dict[str, str]:
 _UNSAFE_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]+')
 
 
-def unique_output_path(folder: str | Path, stem: str, suffix: str = ".mp4") -> Path:
-    """`folder/stem.mp4`, or `stem-1.mp4`, `stem-2.mp4`, … : the first name whose video and sidecar are both free.
+def unique_output_path(folder: str | Path, stem: str, suffix: str = ".mp4", reserved: Collection[Path] = ()) -> Path:
+    """`folder/stem.mp4`, or `stem-1.mp4`, `stem-2.mp4`, … : the first name whose video and sidecar are both free
+    (and that is not in `reserved`: names already promised to other videos of the same batch).
 
     Characters that are not allowed in file names are replaced by `_`; the folder is created. This picks a name,
     it does not lock it: two processes racing for the same stem should use different stems.
@@ -320,7 +321,8 @@ def unique_output_path(folder: str | Path, stem: str, suffix: str = ".mp4") -> P
     folder.mkdir(parents=True, exist_ok=True)
     clean = _UNSAFE_NAME.sub("_", stem).strip(" .") or "video"
     candidate, number = clean, 0
-    while (folder / f"{candidate}{suffix}").exists() or (folder / f"{candidate}.json").exists():
+    while (folder / f"{candidate}{suffix}").exists() or (folder / f"{candidate}.json").exists() \
+            or folder / f"{candidate}{suffix}" in reserved:
         number += 1
         candidate = f"{clean}-{number}"
     return folder / f"{candidate}{suffix}"
@@ -347,6 +349,15 @@ def check_output_folder(folder: str | Path) -> Path:
 def _temporary_sibling(final: Path, tag: str) -> Path:
     """A hidden name next to `final` (same folder, so `os.replace` is a rename); galleries skip dot-files."""
     return final.with_name(f".{final.name}.{secrets.token_hex(4)}.{tag}")
+
+
+def remove_abandoned_parts(final: str | Path) -> list[Path]:
+    """Delete the temporary files a writer of `final` left behind when its process was killed mid-write (the
+    hidden siblings of the video and its sidecar). Only for a name no live writer is using. -> what was removed."""
+    final = Path(final)
+    found = [p for name in (final.name, sidecar_path(final).name) for p in final.parent.glob(f".{name}.*.*part")]
+    _remove_quietly(*found)
+    return found
 
 
 def _remove_quietly(*paths: Path) -> None:
