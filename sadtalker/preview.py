@@ -15,7 +15,8 @@ import numpy as np
 
 from .errors import InvalidInput, NoFaceDetected
 from .face.crop import crop_face
-from .face.detect import NO_FACE_ADVICE, FaceLandmarker, check_image, clip_box, manual_box
+from .face.detect import NO_FACE_ADVICE, FaceLandmarker, clip_box, manual_box
+from .image import rgb_image
 
 Box = tuple[int, int, int, int]
 
@@ -84,7 +85,7 @@ def preview_faces(image: np.ndarray, detector: FaceLandmarker, *, preprocess: st
     `face_index` picks a face by its number (0 = the first the detector lists, as drawn); `face_box` is a box
     the user drew (skips the choice); `nudge` moves or scales the chosen box. Raises NoFaceDetected with advice.
     """
-    check_image(image)
+    image = rgb_image(image, "the photo")
     height, width = image.shape[:2]
     faces = [PreviewFace(clip_box(f.box, width, height), float(f.score)) for f in detector.detect_faces(image)]
     faces = [f for f in faces if f.box[2] - f.box[0] >= 2 and f.box[3] - f.box[1] >= 2]
