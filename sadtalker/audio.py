@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import AudioError, InvalidInput
+from .errors import AudioError, InvalidInput, MissingDependency
 
 log = logging.getLogger("sadtalker")
 
@@ -53,9 +53,9 @@ def load_audio(
     """Read an audio (or video) file as mono float32 samples at `sample_rate`, shape (num_samples,), in [-1, 1].
 
     wav/flac/ogg/mp3 are read with soundfile (any rate, any number of channels, WAVE_FORMAT_EXTENSIBLE included);
-    anything else (m4a/aac, the audio track of a video) is decoded with the ffmpeg bundled in imageio-ffmpeg, which
-    also converts the rate there. Channels are averaged (like `librosa.load`); soundfile input at another rate is
-    resampled with soxr (high quality). A 16 kHz 16-bit wav gives exactly int16 / 32768, as the official code.
+    anything else (m4a/aac, the audio track of a video) is decoded with the ffmpeg bundled in imageio-ffmpeg at
+    its own rate. Channels are averaged and another rate is resampled as the official `librosa.load(path,
+    sr=16000)` does (see `resample`). A 16 kHz 16-bit wav gives exactly int16 / 32768, as the official code.
 
     Raises `AudioError` when the file is missing, cannot be decoded, has no audio stream, is shorter than one
     video frame (640 samples at 16 kHz) or longer than `max_seconds`.
@@ -73,19 +73,40 @@ def load_audio(
     samples, native_rate = _read_with_soundfile(path)
     decoded_all = True
     if samples is None:
-        samples, native_rate = _read_with_ffmpeg(path, sample_rate, max_seconds)
+        samples, native_rate = _read_with_ffmpeg(path, max_seconds)
         decoded_all = max_seconds is None
 
-    wav = _to_mono(samples)
-    if native_rate != sample_rate and wav.size:
-        import soxr
-
-        wav = soxr.resample(wav, native_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    wav = resample(_to_mono(samples), native_rate, sample_rate)
     # Float files may exceed full scale and resampling can overshoot slightly; the models expect [-1, 1].
     np.clip(wav, -1.0, 1.0, out=wav)
 
     _check_length(path, wav.size, sample_rate, max_seconds, decoded_all)
     return wav
+
+
+def resample(wav: np.ndarray, native_rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples (n,) at `native_rate` -> float32 at `sample_rate`, exactly as the official path.
+
+    librosa 0.9 (the official pin) resamples with resampy's `kaiser_best` filter (50 zero crossings, Kaiser
+    window, rolloff 0.917), then pads or cuts to ceil(n * sample_rate / native_rate) samples (resampy makes
+    int(...) of them, so a fractional ratio ends with one zero). Other resamplers differ above ~7 kHz, which moves
+    the mel windows by up to 1.7. Equal rates: the samples as they are.
+    """
+    wav = np.asarray(wav, dtype=np.float32)
+    if native_rate == sample_rate or wav.size == 0:
+        return wav
+    try:
+        import resampy
+    except ImportError as exc:
+        raise MissingDependency(
+            f"Resampling {native_rate} Hz audio to {sample_rate} Hz needs the Python package 'resampy' "
+            "(pip install resampy), or give 16 kHz audio."
+        ) from exc
+    resampled = resampy.resample(wav, native_rate, sample_rate, filter="kaiser_best", axis=-1)
+    length = int(np.ceil(wav.size * (float(sample_rate) / native_rate)))  # librosa's own float steps
+    if resampled.size < length:
+        resampled = np.pad(resampled, (0, length - resampled.size))
+    return np.ascontiguousarray(resampled[:length], dtype=np.float32)
 
 
 def _check_declared_duration(path: str, max_seconds: float) -> None:
@@ -112,8 +133,8 @@ def _read_with_soundfile(path: str) -> tuple[np.ndarray | None, int]:
     return samples, int(rate)
 
 
-def _read_with_ffmpeg(path: str, sample_rate: int, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with ffmpeg to `sample_rate` float PCM (channels kept) on a pipe."""
+def _read_with_ffmpeg(path: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with ffmpeg to float PCM at its own rate (channels kept) on a pipe."""
     try:
         import imageio_ffmpeg
 
@@ -128,7 +149,7 @@ def _read_with_ffmpeg(path: str, sample_rate: int, max_seconds: float | None) ->
     if max_seconds is not None:
         command += ["-t", f"{max_seconds + 1.0:.3f}"]  # decode just enough to know it is too long
     # A WAV stream keeps the channel layout, so channels are averaged exactly as for files soundfile reads.
-    command += ["-map", "0:a:0", "-vn", "-ar", str(sample_rate), "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
+    command += ["-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
     result = subprocess.run(command, capture_output=True, check=False)
     errors = result.stderr.decode("utf-8", "replace").strip()
     if result.returncode != 0:
@@ -321,12 +342,14 @@ def mel_windows(mel: np.ndarray, num_frames: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AudioFeatures:
-    """What the audio-driven nets need: `wav` (num_frames*640,) float32 16 kHz (also muxed into the video),
-    `windows` (num_frames, 80, 16) float32 mel windows, `num_frames` video frames at 25 fps."""
+    """What the audio-driven nets need: `wav` (num_frames*640,) float32 16 kHz, the samples the mel is computed
+    from; `windows` (num_frames, 80, 16) float32 mel windows; `num_frames` video frames at 25 fps; `mel`
+    (1 + num_frames*640 // 200, 80) float64, the whole spectrogram (None in idle mode, which has no audio)."""
 
     wav: np.ndarray
     windows: np.ndarray
     num_frames: int
+    mel: np.ndarray | None = None
 
 
 def audio_features(wav: np.ndarray) -> AudioFeatures:
@@ -335,8 +358,8 @@ def audio_features(wav: np.ndarray) -> AudioFeatures:
     if num_frames == 0:
         raise AudioError(f"The audio is too short: it must last at least one video frame ({1000 / FPS:.0f} ms).")
     fitted = fit_to_frames(np.asarray(wav, dtype=np.float32), num_frames)
-    windows = mel_windows(mel_spectrogram(fitted), num_frames)
-    return AudioFeatures(wav=fitted, windows=windows, num_frames=num_frames)
+    mel = mel_spectrogram(fitted)
+    return AudioFeatures(wav=fitted, windows=mel_windows(mel, num_frames), num_frames=num_frames, mel=mel)
 
 
 def idle_features(seconds: float) -> AudioFeatures:

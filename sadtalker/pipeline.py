@@ -30,11 +30,10 @@ from .checkpoints.paths import ModelPaths
 from .checkpoints.reader import CheckpointReader
 from .device import resolve_device
 from .errors import AudioError, Cancelled, InvalidInput, OutputExists, VideoError
-from .face.align import align_for_face3d
 from .face.crop import CroppedFace, crop_face
-from .face.detect import detect_landmarks, get_detector, release_detectors, video_landmarks
+from .face.detect import FaceLandmarker, detect_landmarks, open_detector
+from .face.extract import CropLandmarks, crop_coefficients, crop_landmarks, reference_video_coefficients
 from .face.paste import PasteBack, aspect_frame
-from .face.reconstruct import source_coefficients
 from .image import image_warnings, load_image
 from .options import GenerateOptions
 from .render import Renderer, frames_to_uint8, resolve_precision, source_image_input
@@ -52,10 +51,22 @@ class SourceFace:
     """Everything taken from the photo: the full image, its landmarks, the face crop and its 73 coefficients."""
 
     image: np.ndarray  # (H, W, 3) uint8 RGB, the whole photo
-    landmarks: np.ndarray  # (68, 2) float, photo pixels
+    landmarks: np.ndarray | None  # (68, 2) float, photo pixels; None in resize mode (no detection on the photo)
     crop: CroppedFace  # face (S, S, 3) uint8 + where it came from
     coefficients: np.ndarray  # (1, 73) float32: exp 64 | angles 3 | translation 3 | crop s, tx, ty
     faces_found: int
+    crop_landmarks: np.ndarray | None = None  # (68, 2) float32, crop pixels: what the 224 alignment used
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferenceMotion:
+    """Reference videos' per-frame coefficients (N, 73) float32: `blink` (--ref-eyeblink) and `pose` (--ref-pose),
+    None where not given (the same array when both name one video)."""
+
+    blink: np.ndarray | None = None
+    pose: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,6 +122,18 @@ class ModelStore:
     def face3d(self, size: int) -> torch.nn.Module:
         return self._component(files.sadtalker_file(size), "face_3drecon", torch.float32)
 
+    def detector(self, name: str) -> FaceLandmarker:
+        """The face detector backend `name`, loaded once and kept like the networks."""
+        key = ("detector", name)
+        if key not in self._cache:
+            if name == "facexlib":
+                self.file(files.FACEXLIB_DETECTION)
+                self.file(files.FACEXLIB_ALIGNMENT)
+            folder = {"facexlib": self.paths.facexlib, "face-alignment": self.paths.root}.get(name)
+            self._cache[key] = open_detector(name, models_dir=folder, device=str(self.device),
+                                             allow_download=self.allow_download)
+        return self._cache[key]  # type: ignore[return-value]
+
     def renderer(self, size: int, preprocess: str, precision: str = "fp32") -> Renderer:
         """The renderer for a size and preprocess family, its generator computing in `precision` (an option value:
         fp32, bf16, fp16, auto). One precision per size and mapping is held: asking for another replaces it (two
@@ -130,8 +153,10 @@ class ModelStore:
         return self._cache[key]  # type: ignore[return-value]
 
     def unload(self) -> None:
+        for key, held in list(self._cache.items()):
+            if key[0] == "detector":
+                held.close()  # type: ignore[union-attr]
         self._cache.clear()
-        release_detectors()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -181,26 +206,29 @@ class SadTalkerPipeline:
         self._enhancers: dict[str, object] = {}
 
     # -- the stages ------------------------------------------------------------------------------------------
-    def _detector(self, name: str):
-        if name == "facexlib":
-            self.models.file(files.FACEXLIB_DETECTION)
-            self.models.file(files.FACEXLIB_ALIGNMENT)
-        folder = {"facexlib": self.models.paths.facexlib, "face-alignment": self.models.paths.root}.get(name)
-        return get_detector(name, models_dir=folder, device=str(self.models.device),
-                            allow_download=self.models.allow_download)
+    def _detector(self, name: str) -> FaceLandmarker:
+        return self.models.detector(name)
 
     def prepare_source(self, image, options: GenerateOptions) -> SourceFace:
-        """Photo -> landmarks -> face crop -> 224 alignment -> the photo's 73 coefficients."""
+        """Photo -> landmarks -> face crop -> landmarks again on the crop -> 224 alignment -> 73 coefficients."""
         rgb = load_image(image)
-        if options.preprocess == "resize" and options.face_box is None:
-            # resize mode uses the whole photo; landmarks only feed the 224 alignment
-            found = detect_landmarks(rgb, detector=self._detector(options.face_detector))
-        else:
-            found = detect_landmarks(rgb, detector=self._detector(options.face_detector), face_box=options.face_box)
-        cropped = crop_face(rgb, found.points, options.preprocess, size=options.size)
-        aligned = align_for_face3d(cropped.face, cropped.landmarks)
-        coefficients = source_coefficients(self.models.face3d(options.size), aligned.image, aligned.trans_params)
-        return SourceFace(rgb, found.points, cropped, coefficients, found.faces_found)
+        detector = self._detector(options.face_detector)
+        # resize mode squashes the whole photo, so it needs no face box: like the official tool it looks for the
+        # face only on the squashed crop, and on the photo only when the crop shows none
+        on_photo = options.preprocess != "resize" or options.face_box is not None
+        found = detect_landmarks(rgb, detector=detector, face_box=options.face_box) if on_photo else None
+        cropped = crop_face(rgb, found.points if found else None, options.preprocess, size=options.size)
+        on_crop = crop_landmarks(cropped, detector, face_box=options.face_box)
+        if on_crop is None:  # resize mode, no face on the squashed crop: map the photo's landmarks into it
+            found = detect_landmarks(rgb, detector=detector)
+            cropped = crop_face(rgb, found.points, options.preprocess, size=options.size)
+            on_crop = CropLandmarks(np.asarray(cropped.landmarks, np.float32), redetected=False)
+        warnings = () if on_crop.redetected else (
+            f"no face found again on the {options.size} px face crop ({detector.name} detector): the photo's "
+            "landmarks mapped into it were used, so the start pose may differ from the official tool's",)
+        _, coefficients = crop_coefficients(self.models.face3d(options.size), cropped.face, on_crop.points)
+        return SourceFace(rgb, found.points if found else None, cropped, coefficients,
+                          found.faces_found if found else 1, crop_landmarks=on_crop.points, warnings=warnings)
 
     def prepare_audio(self, audio, options: GenerateOptions) -> audio_stage.AudioFeatures:
         """Speech (path or 16 kHz samples) -> per-frame mel windows; no audio + idle_seconds -> idle mode."""
@@ -222,39 +250,47 @@ class SadTalkerPipeline:
         return features
 
     def reference_coefficients(self, video_path: str | Path, options: GenerateOptions) -> np.ndarray:
-        """A reference video's per-frame coefficients (N, 73), at 25 fps, for copying its blinks or head motion."""
-        frames = list(read_video_frames(video_path, fps=options.fps))
-        if not frames:
-            raise InvalidInput(f"the reference video {Path(video_path).name} has no frames")
-        points = video_landmarks(frames, detector=self._detector(options.face_detector))
-        net = self.models.face3d(options.size)
-        rows = []
-        for frame, landmarks in zip(frames, points):
-            cropped = crop_face(frame, landmarks, "crop", size=options.size)
-            aligned = align_for_face3d(cropped.face, cropped.landmarks)
-            rows.append(source_coefficients(net, aligned.image, aligned.trans_params))
-        return np.concatenate(rows, 0)
+        """A reference video's per-frame coefficients (N, 73), at 25 fps, for copying its blinks or head motion:
+        cropped with frame 0's box in the run's preprocess mode, landmarks found on every cropped frame."""
+        frames = read_video_frames(video_path, fps=options.fps)
+        return reference_video_coefficients(frames, self._detector(options.face_detector),
+                                            self.models.face3d(options.size), options.preprocess)
+
+    def reference_motion(self, options: GenerateOptions, num_frames: int) -> ReferenceMotion:
+        """The reference videos' coefficients (one pass per distinct video). One shorter than the `num_frames`
+        of the audio loops, as in the official tool; the result's warnings say so."""
+        by_path: dict[str, np.ndarray] = {}
+        warnings = []
+        for role, path in (("blinks", options.ref_eyeblink), ("head motion", options.ref_pose)):
+            if not path:
+                continue
+            if path not in by_path:
+                by_path[path] = self.reference_coefficients(path, options)
+            if len(by_path[path]) < num_frames:
+                warnings.append(f"the reference video for {role} ({Path(path).name}, {len(by_path[path])} frames) "
+                                f"is shorter than the audio ({num_frames} frames), so it loops")
+        return ReferenceMotion(blink=by_path.get(options.ref_eyeblink or ""), pose=by_path.get(options.ref_pose or ""),
+                               warnings=tuple(warnings))
 
     def predict_motion(self, features: audio_stage.AudioFeatures, source: SourceFace, options: GenerateOptions,
-                       seed: int) -> motion.CoefficientSequence:
-        """Audio windows -> per-frame coefficients (expression, head pose, blinks)."""
+                       seed: int, references: ReferenceMotion | None = None) -> motion.CoefficientSequence:
+        """Audio windows -> per-frame coefficients (expression, head pose, blinks). `references`: the reference
+        videos' coefficients, from `reference_motion` (computed here when not given)."""
         exp_net, pose_net = self.models.audio_nets(options.size)
-        ref_blink = self.reference_coefficients(options.ref_eyeblink, options) if options.ref_eyeblink else None
-        if options.ref_pose and options.ref_pose == options.ref_eyeblink:
-            ref_pose = ref_blink
-        else:
-            ref_pose = self.reference_coefficients(options.ref_pose, options) if options.ref_pose else None
+        if references is None:
+            references = self.reference_motion(options, features.num_frames)
         return motion.audio_to_coefficients(
             exp_net, pose_net, features.windows, source.coefficients, pose_style=options.pose_style,
             rng=random.Random(seed), generator=torch.Generator().manual_seed(seed), use_blink=options.blink,
-            ref_blink_coeffs=ref_blink, ref_pose_coeffs=ref_pose)
+            ref_blink_coeffs=references.blink, ref_pose_coeffs=references.pose)
 
     def render_frames(self, source: SourceFace, sequence: motion.CoefficientSequence, options: GenerateOptions,
                       run: _Run | None = None) -> Iterator[np.ndarray]:
         """Coefficients -> rendered face frames (S, S, 3) uint8, in order, `batch_size` per network call."""
         renderer = self.models.renderer(options.size, options.preprocess, options.precision)
         inputs = render_inputs.renderer_inputs(sequence.coeffs, source.coefficients, options)
-        state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None])
+        state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None],
+                                        batch_size=options.batch_size)
         total = inputs.num_frames
         for start in range(0, total, options.batch_size):
             if run is not None:
@@ -305,24 +341,27 @@ class SadTalkerPipeline:
         run = _Run(on_progress, should_cancel)
         run.stage("face")
         source = self.prepare_source(image, options)
-        release_detectors()  # the detector is only needed again for reference videos; free its memory now
         run.stage("audio")
         features = self.prepare_audio(audio, options)
         run.stage("motion")
-        sequence = self.predict_motion(features, source, options, seed)
+        references = self.reference_motion(options, features.num_frames)
+        sequence = self.predict_motion(features, source, options, seed, references)
         if intermediates_dir is not None:
-            _save_intermediates(Path(intermediates_dir), source, sequence)
+            _save_intermediates(Path(intermediates_dir), source, sequence, features, references)
         target = Path(output) if output is not None else unique_output_path(
             Path(output_dir or "."), output_stem(image, audio))
         metadata = {"generator": "sd-webui-sadtalker", "options": options.to_dict(), "seed": seed,
                     "frames": sequence.num_frames, **(extra_metadata or {})}
         run.stage("render", 0, sequence.num_frames)
         with tempfile.TemporaryDirectory(prefix="sadtalker-") as scratch:
-            speech_wav = Path(scratch) / "speech.wav"
-            soundfile.write(speech_wav, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
+            # The user's own sound goes into the video (its rate and channels, cut or padded to the video); the
+            # 16 kHz mono copy is only for analysis. Samples given as an array, and idle mode, have nothing else.
+            sound = Path(audio) if isinstance(audio, (str, Path)) else Path(scratch) / "speech.wav"
+            if not isinstance(audio, (str, Path)):
+                soundfile.write(sound, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
             frames = self.finish_frames(self.render_frames(source, sequence, options, run), source, options)
             first = next(frames)
-            with VideoWriter(target, (first.shape[1], first.shape[0]), fps=options.fps, audio_path=speech_wav,
+            with VideoWriter(target, (first.shape[1], first.shape[0]), fps=options.fps, audio_path=sound,
                              metadata=metadata) as writer:
                 writer.write(first)
                 for frame in frames:
@@ -331,6 +370,7 @@ class SadTalkerPipeline:
         run.finish()
         warnings = preflight_warnings + (
             [f"{source.faces_found} faces found; the largest was used"] if source.faces_found > 1 else [])
+        warnings += [*source.warnings, *references.warnings]
         return TalkingHeadResult(video=target, sidecar=target.with_suffix(".json"), num_frames=sequence.num_frames,
                                  fps=options.fps, seconds=run.seconds, seed=seed, warnings=warnings)
 
@@ -386,15 +426,33 @@ def output_stem(image, audio) -> str:
     return f"{image_part}__{audio_part}"
 
 
-def _save_intermediates(folder: Path, source: SourceFace, sequence: motion.CoefficientSequence) -> None:
-    """The official tool keeps .mat files; we keep .npy files named after what they hold."""
+def _save_intermediates(folder: Path, source: SourceFace, sequence: motion.CoefficientSequence,
+                        features: audio_stage.AudioFeatures | None = None,
+                        references: ReferenceMotion | None = None) -> None:
+    """The official tool keeps .mat files; we keep .npy files named after what they hold, one per stage, so a run
+    can be compared with the official one stage by stage."""
     folder.mkdir(parents=True, exist_ok=True)
     info = source.crop.info
-    np.save(folder / "landmarks_68.npy", source.landmarks)
-    np.save(folder / "crop_box.npy", np.array(info.crop_box if info.crop_box is not None else [-1] * 4))
-    np.save(folder / "crop_quad.npy", np.array(info.quad_box if info.quad_box is not None else [-1.0] * 4))
-    np.save(folder / "crop_size.npy", np.array(info.size))
-    np.save(folder / "source_coefficients_73.npy", source.coefficients)
-    np.save(folder / "coefficients_70.npy", sequence.coeffs)
-    np.save(folder / "blink_ratio.npy", sequence.ratio)
-    np.save(folder / "pose_latents.npy", sequence.z)
+    arrays = {
+        "landmarks_68": source.landmarks,  # the photo's; none in resize mode
+        "crop_box": np.array(info.crop_box if info.crop_box is not None else [-1] * 4),
+        "crop_quad": np.array(info.quad_box if info.quad_box is not None else [-1.0] * 4),
+        "crop_size": np.array(info.size),
+        "crop_landmarks_68": source.crop_landmarks,
+        "source_coefficients_73": source.coefficients,
+        "coefficients_70": sequence.coeffs,
+        "blink_ratio": sequence.ratio,
+        "pose_latents": sequence.z,
+    }
+    if features is not None:
+        arrays["audio_16k"] = features.wav
+        arrays["mel_80"] = features.mel
+    if references is not None:
+        if references.blink is references.pose or references.pose is None or references.blink is None:
+            arrays["reference_coefficients_73"] = references.blink if references.blink is not None else references.pose
+        else:  # two different videos
+            arrays["reference_blink_coefficients_73"] = references.blink
+            arrays["reference_pose_coefficients_73"] = references.pose
+    for name, array in arrays.items():
+        if array is not None:
+            np.save(folder / f"{name}.npy", array)

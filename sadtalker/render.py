@@ -146,13 +146,15 @@ class SourceState:
     """What a video needs from its source image, computed once.
 
     kp_canonical (1, 15, 3) and kp_source (1, 15, 3) (the canonical keypoints posed by the source coefficients),
-    in the renderer's keypoint dtype (float64 where the device has it); feature_3d (1, 32, 16, S/4, S/4)
-    appearance volume in the generator's encoder dtype (float32 unless the whole model is float64).
+    float32 (the keypoint math runs in float32 like the official code); feature_3d (1, 32, 16, S/4, S/4)
+    appearance volume in the generator's encoder dtype; batch_size: the rows per mapping-net call (see
+    `Renderer`).
     """
 
     kp_canonical: torch.Tensor
     kp_source: torch.Tensor
     feature_3d: torch.Tensor
+    batch_size: int = 1
 
     @property
     def size(self) -> int:
@@ -160,25 +162,17 @@ class SourceState:
         return self.feature_3d.shape[-1] * 4
 
 
-def keypoint_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the mapping net and keypoint math, where the device supports it (not MPS).
-
-    That part costs nothing next to the generator, and float64 keeps it as close to the exact values as the
-    official float32 numbers are themselves: pose degrees amplify float32 rounding of the bin logits.
-    """
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 class Renderer:
     """Holds the three renderer networks (in eval mode) and renders frames for one source at a time.
 
-    The mapping net is kept in `keypoint_dtype` (it is tiny); the keypoint detector runs in its own dtype; the
-    generator's per-frame convolutions in `compute_dtype` (float32, or bfloat16 / float16: see
-    `OcclusionAwareSPADEGenerator.set_compute_dtype`), its coordinates and output in float32. The CPU fast paths
-    (`sadtalker.nets.blocks`) are used on CPU only: they were written and measured for oneDNN; other devices run
-    the plain reference forward. Nothing depends on the batch (no batch statistics), so any grouping of windows into calls gives the
-    frames of the official batch layout, up to float32 summation order (oneDNN may pick other kernels for another
-    batch size; about 1e-5).
+    The mapping net runs in float32 like the official one, always `batch_size` rows per call: the source row
+    repeated, target windows in groups padded with the last one (the official batch layout). float32 results
+    depend on the call's row count (batch 1 and 2 logits differ by ~1e-4), so this grouping is what makes the
+    keypoints equal to the official ones; frames therefore depend on the batch size, as in the official tool.
+    The keypoint detector runs in its own dtype; the generator's per-frame convolutions in `compute_dtype`
+    (float32, or bfloat16 / float16: see `OcclusionAwareSPADEGenerator.set_compute_dtype`), its coordinates and
+    output in float32. The CPU fast paths (`sadtalker.nets.blocks`) are used on CPU only: they were written and
+    measured for oneDNN; other devices run the plain reference forward.
     """
 
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareSPADEGenerator, mapping: MappingNet, *,
@@ -189,7 +183,7 @@ class Renderer:
             generator.set_compute_dtype(compute_dtype)
         device = next(generator.parameters()).device
         self.generator = set_fast_paths(generator.eval(), device.type == "cpu" if fast_paths is None else fast_paths)
-        self.mapping = mapping.eval().to(keypoint_dtype(device))
+        self.mapping = mapping.eval().to(device=device, dtype=torch.float32)
         self.coeff_channels = mapping.first[0].in_channels
 
     @property
@@ -208,11 +202,25 @@ class Renderer:
             raise InvalidInput(f"{what} must be (N, {self.coeff_channels}, {WINDOW}) coefficient windows for this "
                                f"mapping net, got shape {tuple(windows.shape)}")
 
+    def map_windows(self, windows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+        """The mapping net over (N, C, 27) windows in calls of exactly `batch_size` rows (the last padded)."""
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
+        outputs = []
+        for start in range(0, len(windows), batch_size):
+            group = windows[start:start + batch_size]
+            missing = batch_size - len(group)
+            padded = torch.cat([group, group[-1:].expand(missing, -1, -1)]) if missing else group
+            outputs.append({name: value[:len(group)] for name, value in self.mapping(padded).items()})
+        if not outputs:
+            return self.mapping(windows)
+        return {name: torch.cat([output[name] for output in outputs]) for name in outputs[0]}
+
     @torch.inference_mode()
-    def prepare_source(self, source_image: Array, source_semantics: Array) -> SourceState:
+    def prepare_source(self, source_image: Array, source_semantics: Array, batch_size: int = 1) -> SourceState:
         """source_image (1, 3, S, S) float RGB in [0, 1], S a multiple of 128 (256 or 512 for the released
         weights); source_semantics (1, C, 27): the source coefficient row repeated over the window, C = the
-        mapping net's 70 or 73. -> SourceState."""
+        mapping net's 70 or 73; batch_size: the run's frames per call (the mapping net's row count). -> SourceState."""
         image = self._input_for(self.kp_detector, source_image)
         if image.ndim != 4 or image.shape[:2] != (1, 3) or image.shape[2] != image.shape[3] or image.shape[2] % 128:
             raise InvalidInput(f"the source image must be (1, 3, S, S) with S a multiple of 128, "
@@ -220,14 +228,16 @@ class Renderer:
         semantics = self._input_for(self.mapping, source_semantics)
         self._check_windows(semantics, "source_semantics")
         kp_canonical = self.kp_detector(image).to(semantics.dtype)
-        kp_source = transform_keypoints(kp_canonical, self.mapping(semantics))
+        source_rows = self.map_windows(semantics[:1].expand(batch_size, -1, -1), batch_size)
+        kp_source = transform_keypoints(kp_canonical, {name: value[:1] for name, value in source_rows.items()})
         feature_3d = self.generator.encode_source(self._input_for(self.generator, source_image))
-        return SourceState(kp_canonical=kp_canonical, kp_source=kp_source, feature_3d=feature_3d)
+        return SourceState(kp_canonical=kp_canonical, kp_source=kp_source, feature_3d=feature_3d,
+                           batch_size=batch_size)
 
     @torch.inference_mode()
     def driving_keypoints(self, state: SourceState, target_windows: Array, *, yaw: Angles = None,
                           pitch: Angles = None, roll: Angles = None) -> torch.Tensor:
-        """target_windows (N, C, 27) -> kp_driving (N, 15, 3) in the keypoint dtype.
+        """target_windows (N, C, 27) -> kp_driving (N, 15, 3) float32, mapped `state.batch_size` rows per call.
 
         yaw / pitch / roll: optional (N,) degrees that replace the predicted angles.
         """
@@ -235,7 +245,7 @@ class Renderer:
         self._check_windows(windows, "target_windows")
         overrides = {name: None if value is None else self._input_for(self.mapping, value)
                      for name, value in (("yaw", yaw), ("pitch", pitch), ("roll", roll))}
-        return transform_keypoints(state.kp_canonical, self.mapping(windows), **overrides)
+        return transform_keypoints(state.kp_canonical, self.map_windows(windows, state.batch_size), **overrides)
 
     @torch.inference_mode()
     def render(self, state: SourceState, target_windows: Array, yaw: Angles = None, pitch: Angles = None,

@@ -241,7 +241,7 @@ def test_dlib_is_never_the_default():
     from sadtalker.face import detect
 
     assert detect.DEFAULT_DETECTOR == "facexlib"
-    for function in (detect.detect_landmarks, detect.video_landmarks, detect.open_detector, detect.get_detector):
+    for function in (detect.detect_landmarks, detect.video_landmarks, detect.open_detector):
         defaults = [p.default for p in inspect.signature(function).parameters.values()]
         assert "dlib" not in defaults
 

@@ -12,7 +12,7 @@ All coordinates are pixels of the image given (x right, y down). Arithmetic foll
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -95,12 +95,19 @@ class CroppedFace:
     region:    (h, w, 3) uint8 RGB, the crop before that resize (resize mode: the whole image).
     info:      where it came from (for the paste-back).
     landmarks: (68, 2) float64, the given landmarks mapped into `face` pixels, or None if none were given.
+    origin:    top-left (x, y) of `region` in the (shrunk) image.
     """
 
     face: np.ndarray
     region: np.ndarray
     info: CropInfo
     landmarks: np.ndarray | None
+    origin: tuple[int, int] = (0, 0)
+
+    def to_face_pixels(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) image pixels -> (N, 2) float64 pixels of `face`, as cv2's resize moves pixel centres."""
+        return _landmarks_in_face(points, self.info.image_size, self.info.shrink, self.origin,
+                                  self.region.shape[:2], self.face.shape[0])
 
 
 def face_quad(lm68: np.ndarray) -> tuple[np.ndarray, float]:
@@ -139,22 +146,35 @@ def crop_face(image_rgb: np.ndarray, lm68: np.ndarray | None, mode: str = "crop"
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise InvalidInput(f"the face size must be a positive integer, got {size!r}")
     height, width = image.shape[:2]
-
     if mode == "resize":
         info = CropInfo(size=(width, height), crop_box=None, quad_box=None, image_size=(width, height))
-        region, shrink, offset = image, 1, (0, 0)
     else:
         if lm68 is None:
             raise NoFaceDetected("no face was found in the source image (needed to crop it)")
         info = crop_info_from_landmarks(lm68, width, height)
-        region, offset = _cut_region(image, info, extended=mode.startswith("ext"))
-        shrink = info.shrink
+    cropped = crop_with_info(image, info, mode, size)
+    if lm68 is None:
+        return cropped
+    return replace(cropped, landmarks=cropped.to_face_pixels(lm68))
 
+
+def crop_with_info(image_rgb: np.ndarray, info: CropInfo, mode: str = "crop", size: int = FACE_SIZE) -> CroppedFace:
+    """Cut and resize with boxes found earlier, e.g. a reference video's frames with frame 0's `info` (the
+    official recipe). `info` without boxes (resize mode) or `mode` "resize" takes the whole image."""
+    _check_mode(mode)
+    image = rgb_image(np.asarray(image_rgb))
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise InvalidInput(f"the face size must be a positive integer, got {size!r}")
+    height, width = image.shape[:2]
+    if (width, height) != tuple(info.image_size):
+        raise ImageError(f"the image is {width}x{height}, but its crop boxes were found on a "
+                         f"{info.image_size[0]}x{info.image_size[1]} image")
+    if mode == "resize" or info.crop_box is None:
+        region, origin = image, (0, 0)
+    else:
+        region, origin = _cut_region(image, info, extended=mode.startswith("ext"))
     face = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
-    landmarks = None
-    if lm68 is not None:
-        landmarks = _landmarks_in_face(lm68, (width, height), shrink, offset, region.shape[:2], size)
-    return CroppedFace(face=face, region=region, info=info, landmarks=landmarks)
+    return CroppedFace(face=face, region=region, info=info, landmarks=None, origin=origin)
 
 
 def crop_info_from_landmarks(lm68: np.ndarray, width: int, height: int) -> CropInfo:

@@ -7,14 +7,16 @@ Backends (in `sadtalker.face.detectors`), each imported only when chosen:
                       Works offline, but the predictor's training data is licensed for non-commercial use only,
                       so it is never picked unless asked for.
 
-`detect_landmarks` works on one image, `video_landmarks` on frames. Several faces -> the largest one (logged);
+`detect_landmarks` works on one image, `video_landmarks` on frames, `find_landmarks` on one image where a miss is
+not an error. Several faces -> the largest one (logged);
 no face -> `NoFaceDetected`; a manual `face_box` skips detection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -103,26 +105,6 @@ def open_detector(
     raise InvalidInput(f"Unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}.")
 
 
-_open_detectors: dict[tuple[str, str, str], FaceLandmarker] = {}
-
-
-def get_detector(name: str = DEFAULT_DETECTOR, *, models_dir: Path | None = None, device: str = "cpu",
-                 allow_download: bool = False) -> FaceLandmarker:
-    """Like `open_detector`, but keeps one loaded backend per (name, models_dir, device) for later calls."""
-    key = (name, str(Path(models_dir).resolve()) if models_dir is not None else "", str(device))
-    if key not in _open_detectors:
-        _open_detectors[key] = open_detector(name, models_dir=models_dir, device=device,
-                                             allow_download=allow_download)
-    return _open_detectors[key]
-
-
-def release_detectors() -> None:
-    """Close every backend `get_detector` kept loaded (frees their memory / VRAM)."""
-    while _open_detectors:
-        _, backend = _open_detectors.popitem()
-        backend.close()
-
-
 def detect_landmarks(
     image_rgb: np.ndarray,
     *,
@@ -133,13 +115,13 @@ def detect_landmarks(
 ) -> FaceLandmarks:
     """68 landmarks of the largest face in one (H, W, 3) uint8 RGB image.
 
-    `detector` is a backend name (loaded once and kept, see `get_detector`) or an open backend.
-    `face_box` (x0, y0, x1, y1) skips detection. Raises `ImageError`, `NoFaceDetected`, `InvalidInput`.
+    `detector` is an open backend (the pipeline's `ModelStore` keeps one loaded between runs) or a backend name,
+    opened for this call and closed after it. `face_box` (x0, y0, x1, y1) skips detection.
+    Raises `ImageError`, `NoFaceDetected`, `InvalidInput`.
     """
     rgb_image(image_rgb, "the image for face detection")
-    backend = detector if not isinstance(detector, str) else get_detector(detector, models_dir=models_dir,
-                                                                          device=device)
-    result = _landmarks_of_largest_face(backend, image_rgb, face_box)
+    with _backend(detector, models_dir, device) as backend:
+        result = _landmarks_of_largest_face(backend, image_rgb, face_box)
     if result is None:
         raise NoFaceDetected(f"No face found in the image ({backend.name} detector). {NO_FACE_ADVICE}")
     if result.faces_found > 1:
@@ -161,17 +143,17 @@ def video_landmarks(
     A frame without a face reuses the previous frame's landmarks (official behaviour); frames before the first
     face take the first face's landmarks. Raises `NoFaceDetected` when no frame has a face.
     """
-    backend = detector if not isinstance(detector, str) else get_detector(detector, models_dir=models_dir,
-                                                                          device=device)
     found: list[np.ndarray | None] = []
     frames_with_several = 0
-    for frame in frames:
-        rgb_image(frame, "a video frame for face detection")
-        result = _landmarks_of_largest_face(backend, frame, face_box)
-        found.append(None if result is None else result.points)
-        frames_with_several += int(result is not None and result.faces_found > 1)
+    with _backend(detector, models_dir, device) as backend:
+        for frame in frames:
+            rgb_image(frame, "a video frame for face detection")
+            result = _landmarks_of_largest_face(backend, frame, face_box)
+            found.append(None if result is None else result.points)
+            frames_with_several += int(result is not None and result.faces_found > 1)
+        name = backend.name
     if not found or all(points is None for points in found):
-        raise NoFaceDetected(f"No face found in any of the {len(found)} video frames ({backend.name} detector). "
+        raise NoFaceDetected(f"No face found in any of the {len(found)} video frames ({name} detector). "
                              f"{NO_FACE_ADVICE}")
     if frames_with_several:
         log.warning("%d of %d frames show several faces; the largest one was used in each.",
@@ -181,6 +163,26 @@ def video_landmarks(
         log.info("No face in %d of %d frames; their landmarks were copied from a neighbouring frame.",
                  missing, len(found))
     return _fill_missing(found)
+
+
+def find_landmarks(image_rgb: np.ndarray, backend: FaceLandmarker,
+                   face_box: tuple[int, int, int, int] | None = None) -> FaceLandmarks | None:
+    """Like `detect_landmarks` with an open backend, but None (not an error) when there is no face: for the
+    official re-detection on the face crop and on video frames, where a miss has a fallback."""
+    rgb_image(image_rgb, "the image for face detection")
+    return _landmarks_of_largest_face(backend, image_rgb, face_box)
+
+
+@contextlib.contextmanager
+def _backend(detector: str | FaceLandmarker, models_dir: Path | None, device: str) -> Iterator[FaceLandmarker]:
+    if not isinstance(detector, str):
+        yield detector
+        return
+    backend = open_detector(detector, models_dir=models_dir, device=device)
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def clip_box(box: Sequence[float], width: int, height: int) -> Box:

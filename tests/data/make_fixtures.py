@@ -35,6 +35,37 @@ def _renderer(src: Path, dst: Path, big: bool) -> None:
     np.savez_compressed(dst, **z)
 
 
+REFERENCE_VIDEO_FRAMES = 6  # of the 40 in the shared files: enough to see a per-frame recipe, small to store
+
+
+def _preprocess(src: Path, dst: Path) -> None:
+    """shared/golden/preprocess: the image cases as they are (extfull equals extcrop in every array but
+    `preprocess`, so only extcrop is kept), the reference videos cut to their first frames, the resampling
+    cases with their mel windows cut to 40 frames, and the synthesised audio inputs."""
+    dst.mkdir(exist_ok=True)
+    for name in ("pre_sad_crop", "pre_art_0_full", "pre_full4_extcrop", "pre_art_0_resize"):
+        np.savez_compressed(dst / f"{name}.npz", **dict(np.load(src / f"{name}.npz")))
+    per_frame = ("frames_bgr_sha256", "crops256", "lm68_crop256", "det_crop256", "trans_params", "lm224",
+                 "coeffs_257", "coeff")
+    for mode in ("crop", "extcrop"):
+        z = dict(np.load(src / f"refvid_{mode}.npz"))
+        for key in per_frame:
+            z[key] = z[key][:REFERENCE_VIDEO_FRAMES]
+        assert int(z["aligned224_sel_idx"][0]) == 0
+        z["aligned224_sel"], z["aligned224_sel_idx"] = z["aligned224_sel"][:1], z["aligned224_sel_idx"][:1]
+        z["n_frames"] = np.array(REFERENCE_VIDEO_FRAMES)
+        z.pop("frame0_rgb")  # a frame of the shared asset video; the tests that need it read the video itself
+        np.savez_compressed(dst / f"refvid_{mode}.npz", **z)
+    z = dict(np.load(src / "resample.npz"))
+    for key in [k for k in z if k.endswith("__indiv_mels")]:
+        z[key] = z[key][:40]
+    np.savez_compressed(dst / "resample.npz", **z)
+    for path in src.glob("speech_*.wav"):
+        shutil.copyfile(path, dst / path.name)
+    for path in sorted(dst.iterdir()):
+        print(f"{path.stat().st_size / 1e6:7.2f} MB  preprocess/{path.name}")
+
+
 def main(golden: Path) -> None:
     OUT.mkdir(exist_ok=True)
     audio, render = golden / "audio", golden / "facerender"
@@ -55,6 +86,7 @@ def main(golden: Path) -> None:
         _renderer(render / f"{name}.npz", OUT / f"{name}.npz", big=False)
     _renderer(render / "fr512_nonstill_1f.npz", OUT / "fr512_nonstill_1f.npz", big=True)
     shutil.copyfile(audio / "crop_meta.json", OUT / "crop_meta.json")
+    _preprocess(golden / "preprocess", OUT / "preprocess")
     for path in sorted(OUT.iterdir()):
         print(f"{path.stat().st_size / 1e6:7.2f} MB  {path.name}")
 

@@ -20,9 +20,9 @@ log = logging.getLogger("sadtalker")
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"
-# Upsampling finds faces down to ~40 px instead of ~80 px, but costs 4x the time and adds small false
-# positives (a mission patch on skimage's astronaut). So try without first and upsample only when nothing is found.
-UPSAMPLE_STEPS = (0, 1)
+# The recipe of SadTalker's original dlib cropper, kept by the golden preprocessing data: HOG with one upsampling
+# step (faces down to ~40 px); the slower mmod CNN only when HOG finds nothing; the caller takes the largest box.
+UPSAMPLE = 1
 
 
 def bundled_models_dir() -> Path:
@@ -34,7 +34,8 @@ def bundled_models_dir() -> Path:
 
 
 class DlibLandmarker:
-    """dlib HOG (default) or mmod CNN detector + 68-point predictor; `face_detector` picks the detector."""
+    """dlib detector + 68-point predictor. `face_detector="hog"` (default): HOG, and the mmod CNN only where HOG
+    finds no face; `"cnn"`: the CNN alone."""
 
     name = "dlib"
 
@@ -50,24 +51,26 @@ class DlibLandmarker:
         self._dlib = dlib
         self.predictor = dlib.shape_predictor(str(models / PREDICTOR_FILE))
         self.face_detector = face_detector
-        if face_detector == "cnn":
-            self.detector = dlib.cnn_face_detection_model_v1(str(models / CNN_DETECTOR_FILE))
-        else:
-            self.detector = dlib.get_frontal_face_detector()
+        self._cnn_path = models / CNN_DETECTOR_FILE
+        self._cnn = None  # loaded on first need
+        self.detector = dlib.get_frontal_face_detector() if face_detector == "hog" else None
 
     def detect_faces(self, image: np.ndarray) -> list[DetectedFace]:
         image = np.ascontiguousarray(image)
-        for upsample in UPSAMPLE_STEPS:
-            if self.face_detector == "cnn":
-                hits = [(hit.rect, hit.confidence) for hit in self.detector(image, upsample)]
-            else:
-                rects, scores, _ = self.detector.run(image, upsample, 0.0)
-                hits = list(zip(rects, scores, strict=True))
-            if hits:
-                # dlib's right/bottom are inclusive; our boxes are exclusive.
-                return [DetectedFace(box=(float(r.left()), float(r.top()), float(r.right() + 1), float(r.bottom() + 1)),
-                                     score=float(score)) for r, score in hits]
-        return []
+        hits = []
+        if self.detector is not None:
+            rects, scores, _ = self.detector.run(image, UPSAMPLE, 0.0)  # = detector(image, 1), with the scores
+            hits = list(zip(rects, scores, strict=True))
+        if not hits:
+            hits = [(hit.rect, hit.confidence) for hit in self._cnn_detector()(image, UPSAMPLE)]
+        # dlib's right/bottom are inclusive; our boxes are exclusive.
+        return [DetectedFace(box=(float(r.left()), float(r.top()), float(r.right() + 1), float(r.bottom() + 1)),
+                             score=float(score)) for r, score in hits]
+
+    def _cnn_detector(self):
+        if self._cnn is None:
+            self._cnn = self._dlib.cnn_face_detection_model_v1(str(self._cnn_path))
+        return self._cnn
 
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         x0, y0, x1, y1 = box
@@ -75,4 +78,5 @@ class DlibLandmarker:
         return np.array([(part.x, part.y) for part in shape.parts()], dtype=np.float32)
 
     def close(self) -> None:
-        del self.predictor, self.detector
+        del self.predictor
+        self.detector = self._cnn = None
