@@ -136,7 +136,7 @@ def detect_landmarks(
     `detector` is a backend name (loaded once and kept, see `get_detector`) or an open backend.
     `face_box` (x0, y0, x1, y1) skips detection. Raises `ImageError`, `NoFaceDetected`, `InvalidInput`.
     """
-    rgb_image(image_rgb, "the image for face detection")
+    check_image(image_rgb)
     backend = detector if not isinstance(detector, str) else get_detector(detector, models_dir=models_dir,
                                                                           device=device)
     result = _landmarks_of_largest_face(backend, image_rgb, face_box)
@@ -166,7 +166,7 @@ def video_landmarks(
     found: list[np.ndarray | None] = []
     frames_with_several = 0
     for frame in frames:
-        rgb_image(frame, "a video frame for face detection")
+        check_image(frame, "a video frame for face detection")
         result = _landmarks_of_largest_face(backend, frame, face_box)
         found.append(None if result is None else result.points)
         frames_with_several += int(result is not None and result.faces_found > 1)
@@ -181,6 +181,11 @@ def video_landmarks(
         log.info("No face in %d of %d frames; their landmarks were copied from a neighbouring frame.",
                  missing, len(found))
     return _fill_missing(found)
+
+
+def check_image(image: np.ndarray, what: str = "the image for face detection") -> None:
+    """Face detection takes (H, W, 3) uint8 RGB arrays only (`sadtalker.image.rgb_image`)."""
+    rgb_image(image, what)
 
 
 def clip_box(box: Sequence[float], width: int, height: int) -> Box:
