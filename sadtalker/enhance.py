@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints.files import ENHANCER_FILES
-from .checkpoints.reader import UNREADABLE_FILE_ERRORS, is_out_of_memory
+from .checkpoints.reader import UNREADABLE_FILE_ERRORS, means_damaged_file
 from .errors import CorruptCheckpoint, InvalidInput, MissingDependency, MissingWeights, UnsupportedCheckpoint
+from .image import rgb_image
 
 
 
@@ -119,7 +120,7 @@ def _load_descriptor(path: Path):
     try:
         state_dict = loader.load_state_dict_from_file(path)
     except UNREADABLE_FILE_ERRORS as exc:
-        if is_out_of_memory(exc):
+        if not means_damaged_file(exc):
             raise
         raise CorruptCheckpoint(f"{path.name}: cannot read it ({exc}); delete it and download it again") from exc
     try:
@@ -212,7 +213,7 @@ class SpandrelEnhancer:
         """Many faces (sizes may differ), `batch_size` at a time through the network. Same shapes out."""
         strength = self.strength if strength is None else _check_fraction("strength", strength)
         for face in faces_rgb:
-            _check_face(face)
+            rgb_image(face, "a face to restore", min_side=1)
         if strength == 0.0:
             return [face.copy() for face in faces_rgb]
         restored: list[np.ndarray] = []
@@ -241,12 +242,6 @@ class SpandrelEnhancer:
         if self.architecture == "CodeFormer":
             return self.model(faces, weight=self.fidelity)[0]
         return self.model(faces)[0]
-
-
-def _check_face(face: np.ndarray) -> None:
-    if not isinstance(face, np.ndarray) or face.dtype != np.uint8 or face.ndim != 3 or face.shape[2] != 3:
-        got = getattr(face, "shape", None), getattr(face, "dtype", type(face).__name__)
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB face, got shape/dtype {got}")
 
 
 def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -140,6 +140,12 @@ class GenerateOptions:
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.face_box is not None:
             object.__setattr__(self, "face_box", tuple(self.face_box))
+        if self.still and self.ref_pose is not None:
+            raise InvalidInput("ref_pose copies a video's head motion, which still mode turns off; "
+                               "choose one of them", option="ref_pose")
+        if self.still and self.head_motion_scale != 1.0:
+            raise InvalidInput("head_motion_scale has no effect in still mode (the photo's pose is kept); "
+                               "leave it at 1 or turn still off", option="head_motion_scale")
         if self.idle_seconds is not None and self.idle_seconds > self.max_audio_seconds:
             raise InvalidInput(f"idle_seconds must be at most max_audio_seconds ({self.max_audio_seconds:g})",
                                option="idle_seconds")

@@ -292,14 +292,13 @@ class SadTalkerPipeline:
         state = renderer.prepare_source(source_image_input(source.crop.face), inputs.semantics[None],
                                         batch_size=options.batch_size)
         total = inputs.num_frames
-        for start in range(0, total, options.batch_size):
+        for start, stop in inputs.batches(options.batch_size):
             if run is not None:
                 run.check_cancel()
-            stop = min(start + options.batch_size, total)
             windows, angles = inputs.batch(start, stop)
             yield from frames_to_uint8(renderer.render(state, windows, **angles))
             if run is not None:
-                run.progress(stop, total)
+                run.progress(stop, inputs.num_frames)
 
     def _enhancer(self, name: str):
         if name not in self._enhancers:

@@ -131,6 +131,12 @@ class RendererInputs:
     def num_frames(self) -> int:
         return len(self.targets)
 
+    def batches(self, batch_size: int) -> list[tuple[int, int]]:
+        """(start, stop) of each renderer call: `batch_size` frames each, the last one shorter."""
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}", option="batch_size")
+        return [(start, min(start + batch_size, self.num_frames)) for start in range(0, self.num_frames, batch_size)]
+
     def batch(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Frames start..stop-1: their windows (n, C, 27) and their free-view angles (n,) by name."""
         return frame_windows(self.targets, start, stop), {k: v[start:stop] for k, v in self.angles.items()}

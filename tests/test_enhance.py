@@ -24,7 +24,8 @@ with warnings.catch_warnings():  # spandrel's import trips torch's torch.jit.scr
 
 from sadtalker import enhance  # noqa: E402
 from sadtalker.enhance import ENHANCERS, FaceEnhancer, MissingDependency, SpandrelEnhancer  # noqa: E402
-from sadtalker.errors import CorruptCheckpoint, InvalidInput, MissingWeights, UnsupportedCheckpoint  # noqa: E402
+from sadtalker.errors import (  # noqa: E402
+    CorruptCheckpoint, ImageError, InvalidInput, MissingWeights, UnsupportedCheckpoint)
 
 
 def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -200,7 +201,7 @@ def test_faces_keep_their_size_and_strength_blends(gfpgan, monkeypatch):
 
     with pytest.raises(InvalidInput, match="strength"):
         gfpgan.restore(face, strength=1.5)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ImageError, match="uint8"):
         gfpgan.restore(face.astype(np.float32))
 
 

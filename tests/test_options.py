@@ -19,11 +19,12 @@ from sadtalker.video import probe
 FRAMES = 3
 
 # Every field changed from its default; each value is inside its range.
-CHANGED = {"preprocess": "extfull", "still": True, "size": 512, "enhancer": "gfpgan", "pose_style": 45,
+CHANGED = {"preprocess": "extfull", "still": False, "size": 512, "enhancer": "gfpgan", "pose_style": 45,
            "expression_scale": 0.5, "head_motion_scale": 2.0, "blink": False, "batch_size": 4,
            "ref_eyeblink": None, "ref_pose": None, "idle_seconds": 3.5, "yaw": (-10.0, 10.0), "pitch": (5.0,),
            "roll": (1.0, 2.0, 3.0), "seed": 2**40, "face_detector": "dlib", "face_box": (1, 2, 30, 40),
            "max_audio_seconds": 30.0}
+STILL = {**CHANGED, "still": True, "head_motion_scale": 1.0}  # still mode keeps the photo's pose: no scale
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def test_the_parser_holds_no_option_that_is_not_a_spec():
 
 
 def test_flags_parse_to_the_same_options_as_from_dict():
-    argv = ["--preprocess", "extfull", "--still", "--size", "512", "--enhancer", "gfpgan", "--pose-style", "45",
+    argv = ["--preprocess", "extfull", "--size", "512", "--enhancer", "gfpgan", "--pose-style", "45",
             "--expression-scale", "0.5", "--head-motion-scale", "2", "--no-blink", "--batch-size", "4",
             "--idle-seconds", "3.5", "--yaw", "-10", "10", "--pitch", "5", "--roll", "1", "2", "3",
             "--seed", str(2**40), "--face-detector", "dlib", "--face-box", "1,2,30,40", "--max-audio-seconds", "30"]
@@ -76,8 +77,8 @@ def test_flags_parse_to_the_same_options_as_from_dict():
     assert options_from_args(parser.parse_args([])) == GenerateOptions()
 
 
-@pytest.mark.parametrize("options", [GenerateOptions(), GenerateOptions.from_dict(CHANGED)],
-                         ids=["defaults", "every-field-changed"])
+@pytest.mark.parametrize("options", [GenerateOptions(), GenerateOptions.from_dict(CHANGED),
+                                     GenerateOptions.from_dict(STILL)], ids=["defaults", "changed", "still"])
 def test_round_trip_through_json(options):
     saved = json.loads(json.dumps(options.to_dict()))
     assert GenerateOptions.from_dict(saved) == options

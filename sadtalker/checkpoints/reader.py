@@ -7,6 +7,7 @@ torch pickles are opened with `weights_only=True` (never execute a pickle) and f
 
 from __future__ import annotations
 
+import errno
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -29,18 +30,25 @@ def _safetensors_error() -> type[Exception]:
 
 # What torch.load (weights_only) and safetensors raise for a truncated, damaged or foreign file: unpickling and
 # zip errors, EOF, and from the unpickler on garbage bytes ValueError / UnicodeDecodeError, IndexError / KeyError
-# and RuntimeError (the zip reader's "PytorchStreamReader failed ..."). Nothing else is "corrupt": MemoryError,
-# OSError (permissions, a full disk) and interrupts reach the caller as they are.
+# and RuntimeError (the zip reader's "PytorchStreamReader failed ..."); torch's file reader gives OSError EINVAL
+# for a cut zip. `means_damaged_file` then sorts out what is not damage: running out of memory, and OSErrors of
+# the disk or permissions, reach the caller as they are.
 UNREADABLE_FILE_ERRORS: tuple[type[BaseException], ...] = (
-    pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, LookupError, RuntimeError, _safetensors_error())
+    pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, LookupError, RuntimeError, OSError,
+    _safetensors_error())
 
 _OUT_OF_MEMORY = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch reports a failed allocation as a RuntimeError; that is not a damaged file."""
-    return isinstance(exc, (MemoryError, *_OUT_OF_MEMORY)) or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+def means_damaged_file(exc: BaseException) -> bool:
+    """Whether an error from reading a weight file says the file is damaged (not memory, disk or permissions)."""
+    if isinstance(exc, (MemoryError, *_OUT_OF_MEMORY)):
+        return False
+    if isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)):
+        return False  # torch reports a failed allocation as a RuntimeError
+    if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile):
+        return exc.errno in (None, errno.EINVAL)
+    return isinstance(exc, UNREADABLE_FILE_ERRORS)
 
 
 class CheckpointReader:
@@ -71,7 +79,7 @@ class CheckpointReader:
                 for key in handle.keys():
                     self._shapes[key] = tuple(handle.get_slice(key).get_shape())
         except UNREADABLE_FILE_ERRORS as exc:
-            if is_out_of_memory(exc):
+            if not means_damaged_file(exc):
                 raise
             raise self._corrupt(f"not a readable safetensors file ({exc})") from exc
         expected_end = self._safetensors_data_end()
@@ -92,7 +100,7 @@ class CheckpointReader:
         try:
             obj = self._torch_load()
         except UNREADABLE_FILE_ERRORS as exc:
-            if is_out_of_memory(exc):
+            if not means_damaged_file(exc):
                 raise
             raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
         if not isinstance(obj, dict):
@@ -122,7 +130,7 @@ class CheckpointReader:
             with safe_open(str(self.path), framework="pt", device="cpu") as handle:
                 return {k[len(lead):]: handle.get_tensor(k) for k in wanted}
         except UNREADABLE_FILE_ERRORS as exc:
-            if is_out_of_memory(exc):
+            if not means_damaged_file(exc):
                 raise
             raise self._corrupt(f"could not read the '{prefix}' tensors ({exc})") from exc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sadtalker.checkpoints.reader import UNREADABLE_FILE_ERRORS, is_out_of_memory
+from sadtalker.checkpoints.reader import UNREADABLE_FILE_ERRORS, means_damaged_file
 from sadtalker.errors import CorruptCheckpoint, DownloadError, MissingWeights
 
 
@@ -34,7 +34,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE_FILE_ERRORS as error:
-        if is_out_of_memory(error):
+        if not means_damaged_file(error):
             raise
         raise CorruptCheckpoint(f"Cannot read {path}: {error}") from error
 
