@@ -31,7 +31,7 @@ def ensure_weight_files(
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain tensor dict from a .pth file, on the CPU, never executing pickled code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.serialization.load(path, map_location="cpu", weights_only=True)  # not the host's torch.load
     except Exception as error:  # unpickling errors have no common base class
         raise CorruptCheckpoint(f"Cannot read {path}: {error}") from error
 
