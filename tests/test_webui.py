@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,7 +61,9 @@ def _post(url: str, body: dict | None = None):
 def data_dir(tmp_path_factory, fake_checkpoints):
     data = tmp_path_factory.mktemp("webui_data")
     (data / "extensions").mkdir()
-    (data / "extensions" / "sd-webui-sadtalker").symlink_to(ROOT, target_is_directory=True)
+    # a copy of the working tree, without .git: a worktree's .git has no "origin", which the WebUI reports
+    shutil.copytree(ROOT, data / "extensions" / "sd-webui-sadtalker",
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", ".venv", ".pytest_cache", "docs"))
     models = data / "models" / "SadTalker"
     models.mkdir(parents=True)
     for file in fake_checkpoints.iterdir():
@@ -164,10 +167,13 @@ def _progress(url: str) -> dict:
     return _get(url + "/sdapi/v1/progress?skip_current_image=true")
 
 
-def _wait_for_render(url: str) -> list[float]:
+def _wait_for_render(url: str, page) -> list[float]:
     seen = []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
+        toasts = page.locator(".toast-body")
+        if toasts.count():
+            pytest.fail("the page shows an error: " + toasts.first.inner_text())
         answer = _progress(url)
         if "SadTalker: render" in (answer.get("textinfo") or ""):
             seen.append(answer["progress"])
@@ -188,7 +194,7 @@ def tab_run(page, webui, inputs, data_dir):
     _text(page, "sadtalker_seed", str(SEED))
     page.click("#sadtalker_generate")
     before = _progress(url)["progress"]
-    during = _wait_for_render(url)
+    during = _wait_for_render(url, page)
     status = _wait_status(page, "done")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#tab_sadtalker").screenshot(path=str(SCREENSHOT.with_suffix(".full.png")))
@@ -212,7 +218,7 @@ def test_interrupt_stops_a_run_and_leaves_no_file(tab_run, page, webui, data_dir
     page.locator("#sadtalker_batch_size input[type=number]").fill("1")
     page.locator("#sadtalker_batch_size input[type=number]").press("Tab")
     page.click("#sadtalker_generate")
-    _wait_for_render(url)
+    _wait_for_render(url, page)
     _post(url + "/sdapi/v1/interrupt")
     assert "cancelled" in _wait_status(page, "cancelled")
     assert sorted(outputs.rglob("*.mp4")) == before

@@ -32,7 +32,7 @@ def ensure_weight_files(
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain tensor dict from a .pth file, on the CPU, never executing pickled code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.serialization.load(path, map_location="cpu", weights_only=True)  # not the host's torch.load
     except UNREADABLE_FILE_ERRORS as error:
         if not means_damaged_file(error):
             raise
