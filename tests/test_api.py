@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydantic
 import pytest
 import soundfile
 
@@ -217,6 +218,7 @@ def test_options_models_version(server):
     assert models["ready"] == {"256": True, "512": False}
     assert str(server["server"].checkpoints) not in str(models)  # no server path outside the outputs
     assert version["api"] == "v1" and version["version"]
+    assert version["pydantic"] == pydantic.VERSION  # the server runs in this environment (pydantic 1 or 2)
     assert {f"{V1}/generate", f"{V1}/jobs", f"{V1}/jobs/{{job_id}}"} <= set(schema["paths"])
 
 
