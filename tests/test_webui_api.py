@@ -69,8 +69,10 @@ def test_routes_answer_next_to_sdapi_and_honour_api_auth(webui):
     version = httpx.get(url + V1 + "/version", auth=AUTH, timeout=60)
     assert version.status_code == 200 and version.json()["host"] == "webui"
     models = httpx.get(url + V1 + "/models", auth=AUTH, timeout=300).json()
-    assert models["ready"]["256"] is True
-    assert f"{V1}/jobs/{{job_id}}" in httpx.get(url + "/openapi.json", auth=AUTH, timeout=60).json()["paths"]
+    assert models["ready"]["256"] is True, models
+    document = httpx.get(url + "/openapi.json", auth=AUTH, timeout=60)
+    assert document.status_code == 200, document.text[:3000]
+    assert f"{V1}/jobs/{{job_id}}" in document.json()["paths"]
     log = webui["log"].read_text(errors="replace")
     assert "Traceback" not in log and "could not be registered" not in log
 

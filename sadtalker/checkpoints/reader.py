@@ -74,7 +74,9 @@ class CheckpointReader:
     def _torch_load(self) -> object:
         # mmap keeps large files out of RAM; only zip-format files (torch >= 1.6 saves) support it
         use_mmap = zipfile.is_zipfile(self.path)
-        return torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
+        # torch.serialization.load, not torch.load: the WebUI replaces torch.load with its own unpickler, which
+        # rejects the zip layout of newer torch saves and returns None; weights_only=True is the safety here
+        return torch.serialization.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
 
     # -- access ----------------------------------------------------------------------------------------------
     @property
