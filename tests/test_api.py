@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydantic
 import pytest
 import soundfile
 
@@ -217,7 +218,31 @@ def test_options_models_version(server):
     assert models["ready"] == {"256": True, "512": False}
     assert str(server["server"].checkpoints) not in str(models)  # no server path outside the outputs
     assert version["api"] == "v1" and version["version"]
+    assert version["pydantic"] == pydantic.VERSION  # the server runs in this environment (pydantic 1 or 2)
     assert {f"{V1}/generate", f"{V1}/jobs", f"{V1}/jobs/{{job_id}}"} <= set(schema["paths"])
+
+
+def test_openapi_beside_another_apps_options_model(tmp_path):
+    """The WebUI has its own dynamic pydantic model named "Options"; the document must still build."""
+    from fastapi import FastAPI
+    from pydantic import create_model
+
+    from sadtalker.api import ApiSettings, create_app
+    from sadtalker.host import Host
+
+    webui_options = create_model("Options", samples_format=(str, "png"))
+    app = create_app(Host(tmp_path / "models", tmp_path / "outputs"), ApiSettings(tmp_path / "data"))
+    host_app = FastAPI()
+
+    def set_options(req):
+        return None
+
+    set_options.__annotations__["req"] = webui_options  # a real class, not a string (this module's annotations are)
+
+    host_app.post("/sdapi/v1/options")(set_options)
+    host_app.include_router(app.state.sadtalker.router)
+    paths = host_app.openapi()["paths"]
+    assert f"{V1}/generate" in paths and "/sdapi/v1/options" in paths
 
 
 def _bad_payloads(inputs) -> list[tuple[str, str, str, object, int, str]]:

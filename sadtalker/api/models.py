@@ -75,8 +75,10 @@ def _option_field(spec: OptionSpec) -> tuple[Any, Any]:
     raise AssertionError(f"no API form for option kind {spec.kind!r}")  # pragma: no cover
 
 
+# Named and placed apart from the WebUI's own `create_model("Options")` (modules/api/models.py): two dynamic
+# models with the same name and module make FastAPI's OpenAPI document fail with a KeyError.
 OptionsModel = create_model(  # type: ignore[call-overload]
-    "Options", __base__=ApiModel, **{spec.name: _option_field(spec) for spec in option_specs()})
+    "SadTalkerOptions", __base__=ApiModel, __module__=__name__, **{spec.name: _option_field(spec) for spec in option_specs()})
 OptionsModel.__doc__ = ("Generation options by field name; every one is optional (its default applies). "
                         "GET /sadtalker/v1/options describes each.")
 

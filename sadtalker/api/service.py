@@ -66,11 +66,14 @@ class ApiSettings:
     data_dir: Path  # job records (SQLite) and uploaded inputs of unfinished jobs
     credentials: dict[str, str] = field(default_factory=dict)  # empty: no auth
     max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
-    paths: PathPolicy = field(default_factory=PathPolicy)
+    paths: PathPolicy | Callable[[], PathPolicy] = field(default_factory=PathPolicy)  # a callable: read per request
     prefix: str = PREFIX
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+
+    def path_policy(self) -> PathPolicy:
+        return self.paths() if callable(self.paths) else self.paths
 
 
 # -- the guard around every route ---------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class ApiService:
             raise ApiError(422, "invalid_request", f"{where}{kind}: give {kind} or {kind}_path, not both",
                            option=kind)
         if path is not None:
-            return str(self.settings.paths.resolve(path, f"{where}{kind}_path"))
+            return str(self.settings.path_policy().resolve(path, f"{where}{kind}_path"))
         if data is None:
             return None
         raw = decode_media(data, f"{where}{kind}")
@@ -232,7 +235,7 @@ class ApiService:
             merged.update(layer or {})
         for name in _VIDEO_OPTIONS:
             if merged.get(name) is not None:
-                merged[name] = str(self.settings.paths.resolve(merged[name], f"{where}options.{name}"))
+                merged[name] = str(self.settings.path_policy().resolve(merged[name], f"{where}options.{name}"))
         try:
             return GenerateOptions.from_dict(merged)
         except InvalidInput as exc:
