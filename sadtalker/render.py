@@ -175,10 +175,11 @@ class Renderer:
     measured for oneDNN; other devices run the plain reference forward.
     """
 
-    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareSPADEGenerator, mapping: MappingNet, *,
-                 compute_dtype: torch.dtype | None = None, fast_paths: bool | None = None):
+    def __init__(self, kp_detector: KPDetector | None, generator: OcclusionAwareSPADEGenerator,
+                 mapping: MappingNet, *, compute_dtype: torch.dtype | None = None, fast_paths: bool | None = None):
         """compute_dtype: None keeps the generator as it is (float32 as loaded); fast_paths: None = on CPU only."""
-        self.kp_detector = kp_detector.eval()
+        # None once released (it runs once per source); whoever holds the renderer attaches one again
+        self.kp_detector: KPDetector | None = None if kp_detector is None else kp_detector.eval()
         if compute_dtype is not None:
             generator.set_compute_dtype(compute_dtype)
         device = next(generator.parameters()).device
@@ -221,6 +222,9 @@ class Renderer:
         """source_image (1, 3, S, S) float RGB in [0, 1], S a multiple of 128 (256 or 512 for the released
         weights); source_semantics (1, C, 27): the source coefficient row repeated over the window, C = the
         mapping net's 70 or 73; batch_size: the run's frames per call (the mapping net's row count). -> SourceState."""
+        if self.kp_detector is None:
+            raise RuntimeError("this renderer's keypoint detector was released; get the renderer from the model "
+                               "store again")
         image = self._input_for(self.kp_detector, source_image)
         if image.ndim != 4 or image.shape[:2] != (1, 3) or image.shape[2] != image.shape[3] or image.shape[2] % 128:
             raise InvalidInput(f"the source image must be (1, 3, S, S) with S a multiple of 128, "
