@@ -184,6 +184,19 @@ def video_fps(path: str | Path) -> float:
     return header["fps"]
 
 
+def check_video_decodes(path: str | Path) -> None:
+    """Decode the whole first video stream (to nothing; fast) so a damaged file is named before any work.
+    Raises InvalidInput with the one line of ffmpeg's log that says what is wrong."""
+    path = _existing_input(path)
+    header = _read_header(path)
+    if header["video_codec"] is None:
+        raise InvalidInput(f"{path.name} has no video stream")
+    done = _run([ffmpeg_executable(), "-hide_banner", "-nostats", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                 "-f", "null", "-"], "decode the video", check=False)
+    if done.returncode != 0:
+        raise InvalidInput(f"cannot decode {path.name}: {_ffmpeg_reason(done.stderr)}")
+
+
 def _existing_input(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():

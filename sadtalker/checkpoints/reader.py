@@ -7,6 +7,8 @@ torch pickles are opened with `weights_only=True` (never execute a pickle) and f
 
 from __future__ import annotations
 
+import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +67,18 @@ class CheckpointReader:
         try:
             obj = self._torch_load()
         except Exception as exc:
-            raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+            text = str(exc)
+            # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ..."
+            refused = re.search(r"(?i)unsupported (?:global: )?GLOBAL (\S+)", text)
+            if refused:  # weights_only stopped a pickle that would import and call something
+                raise self._corrupt(f"refused: its pickle would run code ({refused.group(1)}), not just load "
+                                    "tensors") from exc
+            if "Weights only load failed" in text:
+                detail = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")),
+                              "not plain tensors")
+                raise self._corrupt(f"refused: its pickle holds more than tensors ({detail})") from exc
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {first_line})") from exc
         if not isinstance(obj, dict):
             raise self._corrupt(f"holds a {type(obj).__name__}, not a dict of state dicts")
         self._pickled = dict(_flatten(obj))
@@ -74,7 +87,9 @@ class CheckpointReader:
     def _torch_load(self) -> object:
         # mmap keeps large files out of RAM; only zip-format files (torch >= 1.6 saves) support it
         use_mmap = zipfile.is_zipfile(self.path)
-        return torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user; errors are named
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
 
     # -- access ----------------------------------------------------------------------------------------------
     @property
