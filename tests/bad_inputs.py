@@ -460,7 +460,8 @@ CASES: tuple[Case, ...] = (
                 multiline=True), runners=("cli",), cli_in_default=True),
     # -- output -----------------------------------------------------------------------------------------------
     Case("existing-out-file", "output", _existing_out, Expect("output_exists", "--overwrite is needed to replace"),
-         runners=("cli",), cli_in_default=True, why="the UI and the API never name the file: see existing-name-in-outputs"),
+         runners=("cli",), cli_in_default=True,
+         why="the UI and the API never name the file: see existing-name-in-outputs"),
     Case("existing-name-in-outputs", "output", _existing_name_in_outputs, Expect(SUCCESS), runners=("host",),
          slow=True, why="a new name is made; the earlier file of that name is left as it was"),
     Case("unwritable-folder", "output", lambda kit: Job(output_dir_state="read-only"),
