@@ -467,8 +467,28 @@ def _error_line(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def _usage_errors_as_invalid_input(parser: argparse.ArgumentParser) -> None:
+    """argparse's own errors (`--size 384`, a missing --image) as `error [invalid_input]: ...` like every other
+    error, instead of a usage dump; --help still prints the usage."""
+
+    def fail(message: str, prog=parser.prog) -> None:
+        raise InvalidInput(f"{message} (see `{prog} --help`)")
+
+    parser.error = fail  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _usage_errors_as_invalid_input(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _usage_errors_as_invalid_input(parser)
+    try:
+        args = parser.parse_args(argv)
+    except InvalidInput as exc:
+        _error_line(f"error [{exc.code}]: {exc.message}")
+        return exc.exit_status
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     # SIGTERM (timeout, systemd, a WebUI stop) and SIGHUP clean up like Ctrl-C: no .part file is left behind
     previous = _on_stop_signals(_raise_terminated)

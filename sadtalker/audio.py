@@ -155,7 +155,9 @@ def _read_with_ffmpeg(path: str, max_seconds: float | None) -> tuple[np.ndarray,
     if result.returncode != 0:
         if "matches no streams" in errors:
             raise AudioError(f"File {path} has no audio stream. Give a file that contains speech.")
-        reason = errors.splitlines()[-1] if errors else f"ffmpeg exit status {result.returncode}"
+        from .video import ffmpeg_reason
+
+        reason = ffmpeg_reason(errors) if errors else f"ffmpeg exit status {result.returncode}"
         raise AudioError(
             f"Could not decode audio file {path} ({reason}). It may be corrupt or not an audio file; "
             "use wav, mp3, flac, ogg or m4a."

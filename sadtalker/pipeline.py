@@ -37,7 +37,7 @@ from .face.paste import PasteBack, aspect_frame
 from .image import image_warnings, load_image
 from .options import GenerateOptions
 from .render import Renderer, frames_to_uint8, resolve_precision, source_image_input
-from .video import VideoWriter, check_output_folder, read_video_frames, unique_output_path, video_fps
+from .video import VideoWriter, check_output_folder, check_video_decodes, read_video_frames, unique_output_path
 
 log = logging.getLogger("sadtalker")
 
@@ -473,7 +473,7 @@ class SadTalkerPipeline:
             video = getattr(options, name)
             if video:
                 try:
-                    video_fps(video)
+                    check_video_decodes(video)
                 except InvalidInput as exc:
                     raise VideoError(f"{name}: {exc}", option=name) from None
         return image_warnings(image)

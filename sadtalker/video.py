@@ -88,7 +88,7 @@ _GENERIC_LINES = ("Error opening input file", "Error opening input files", "Erro
 _DISK_FULL_MARKS = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
-def _ffmpeg_reason(text: str | bytes) -> str:
+def ffmpeg_reason(text: str | bytes) -> str:
     """The one line of ffmpeg's log that says what went wrong (`moov atom not found`), without addresses or
     the lines that only repeat that opening failed. The whole log goes to the debug log."""
     if isinstance(text, bytes):
@@ -126,8 +126,8 @@ def _run(args: Sequence[str], what: str, check: bool = True) -> subprocess.Compl
         raise FFmpegError(f"cannot run ffmpeg to {what}: {exc}") from exc
     if check and done.returncode != 0:
         if _is_disk_full(done.stderr, done.returncode):
-            raise _disk_full(Path(args[-1]).parent, f"ffmpeg could not {what} ({_ffmpeg_reason(done.stderr)})")
-        raise FFmpegError(f"ffmpeg failed to {what} (exit {done.returncode}): {_ffmpeg_reason(done.stderr)}")
+            raise _disk_full(Path(args[-1]).parent, f"ffmpeg could not {what} ({ffmpeg_reason(done.stderr)})")
+        raise FFmpegError(f"ffmpeg failed to {what} (exit {done.returncode}): {ffmpeg_reason(done.stderr)}")
     return done
 
 
@@ -184,6 +184,19 @@ def video_fps(path: str | Path) -> float:
     return header["fps"]
 
 
+def check_video_decodes(path: str | Path) -> None:
+    """Decode the whole first video stream (to nothing; fast) so a damaged file is named before any work.
+    Raises InvalidInput with the one line of ffmpeg's log that says what is wrong."""
+    path = _existing_input(path)
+    header = _read_header(path)
+    if header["video_codec"] is None:
+        raise InvalidInput(f"{path.name} has no video stream")
+    done = _run([ffmpeg_executable(), "-hide_banner", "-nostats", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                 "-f", "null", "-"], "decode the video", check=False)
+    if done.returncode != 0:
+        raise InvalidInput(f"cannot decode {path.name}: {ffmpeg_reason(done.stderr)}")
+
+
 def _existing_input(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -195,7 +208,7 @@ def _read_header(path: Path) -> dict[str, Any]:
     # `ffmpeg -i` with no output always exits non-zero; success is recognised by the "Input #0" block.
     stderr = _run([ffmpeg_executable(), "-hide_banner", "-i", str(path)], "read the header", check=False).stderr
     if "Input #0" not in stderr:
-        raise InvalidInput(f"cannot read {path.name} as audio/video: {_ffmpeg_reason(stderr)}")
+        raise InvalidInput(f"cannot read {path.name} as audio/video: {ffmpeg_reason(stderr)}")
     return _parse_header(stderr)
 
 
@@ -266,7 +279,7 @@ def _count_video_packets(path: Path) -> int:
                  "-c", "copy", "-f", "null", "-progress", "pipe:1", "-"], "count frames", check=False)
     counts = re.findall(r"^frame=(\d+)", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not counts:
-        raise InvalidInput(f"cannot read the video stream of {path.name}: {_ffmpeg_reason(done.stderr)}")
+        raise InvalidInput(f"cannot read the video stream of {path.name}: {ffmpeg_reason(done.stderr)}")
     return int(counts[-1])
 
 
@@ -549,10 +562,10 @@ class VideoWriter:
         text = self._stderr.read()
         returncode = self._process.returncode if self._process is not None else None
         if _is_disk_full(text, returncode):
-            return _disk_full(self.path.parent, f"ffmpeg could not {what} ({_ffmpeg_reason(text)})")
+            return _disk_full(self.path.parent, f"ffmpeg could not {what} ({ffmpeg_reason(text)})")
         if b"Permission denied" in text:
             return OutputError(f"cannot write into the output folder {self.path.parent}: permission denied")
-        return FFmpegError(f"ffmpeg failed to {what}: {_ffmpeg_reason(text)}")
+        return FFmpegError(f"ffmpeg failed to {what}: {ffmpeg_reason(text)}")
 
     def _finish_encoder(self) -> None:
         assert self._process is not None and self._process.stdin is not None
@@ -624,7 +637,7 @@ def _frames_from_process(args: list[str], path: Path, shape: tuple[int, int, int
                 yield frame
             if process.wait() != 0:
                 stderr.seek(0)
-                raise InvalidInput(f"cannot decode {path.name}: {_ffmpeg_reason(stderr.read())}")
+                raise InvalidInput(f"cannot decode {path.name}: {ffmpeg_reason(stderr.read())}")
         finally:
             _stop_process(process)
             if process.stdout is not None:
@@ -650,7 +663,7 @@ def extract_audio(path: str | Path, out_wav: str | Path, sample_rate: int = 1600
                      "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le",
                      "-f", "wav", str(part)], "extract the audio", check=False)
         if done.returncode != 0:
-            raise AudioError(f"cannot decode the audio of {path.name}: {_ffmpeg_reason(done.stderr)}")
+            raise AudioError(f"cannot decode the audio of {path.name}: {ffmpeg_reason(done.stderr)}")
         os.replace(part, out_wav)
     finally:
         _remove_quietly(part)

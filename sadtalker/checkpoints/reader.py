@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +109,18 @@ class CheckpointReader:
         except UNREADABLE_FILE_ERRORS as exc:
             if not means_damaged_file(exc):
                 raise
-            raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+            text = str(exc)
+            # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ..."
+            refused = re.search(r"(?i)unsupported (?:global: )?GLOBAL (\S+)", text)
+            if refused:  # weights_only stopped a pickle that would import and call something
+                raise self._corrupt(f"refused: its pickle would run code ({refused.group(1)}), not just load "
+                                    "tensors") from exc
+            if "Weights only load failed" in text:
+                detail = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")),
+                              "not plain tensors")
+                raise self._corrupt(f"refused: its pickle holds more than tensors ({detail})") from exc
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise self._corrupt(f"not a readable torch checkpoint ({type(exc).__name__}: {first_line})") from exc
         if not isinstance(obj, dict):
             raise self._corrupt(f"holds a {type(obj).__name__}, not a dict of state dicts")
         self._pickled = dict(_flatten(obj))
@@ -118,7 +131,9 @@ class CheckpointReader:
         use_mmap = zipfile.is_zipfile(self.path)
         # torch.serialization.load, not torch.load: the WebUI replaces torch.load with its own unpickler, which
         # rejects the zip layout of newer torch saves and returns None; weights_only=True is the safety here
-        return torch.serialization.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user; errors are named
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.serialization.load(str(self.path), map_location="cpu", weights_only=True, mmap=use_mmap)
 
     # -- access ----------------------------------------------------------------------------------------------
     @property

@@ -194,11 +194,11 @@ def clip_box(box: Sequence[float], width: int, height: int) -> Box:
 def manual_box(face_box: Sequence[int], width: int, height: int) -> Box:
     """Validate a user-given (x0, y0, x1, y1) box against the image; raises `InvalidInput`."""
     if len(face_box) != 4:
-        raise InvalidInput(f"A face box needs four numbers X0,Y0,X1,Y1, got {face_box!r}.")
+        raise InvalidInput(f"face_box needs four numbers X0,Y0,X1,Y1, got {face_box!r}.", option="face_box")
     x0, y0, x1, y1 = clip_box(face_box, width, height)
     if x1 - x0 < 2 or y1 - y0 < 2:
-        raise InvalidInput(f"The face box {tuple(face_box)} does not cover the {width}x{height} image "
-                           "(expected X0 < X1 and Y0 < Y1, in pixels).")
+        raise InvalidInput(f"face_box {tuple(face_box)} does not cover the {width}x{height} image "
+                           "(expected X0 < X1 and Y0 < Y1, in pixels).", option="face_box")
     return x0, y0, x1, y1
 
 
