@@ -204,7 +204,9 @@ class RayBackend:
             queued = list(self._queue)
             self._queue.clear()
         for job in queued:
-            job.future.cancel()
+            if not job.future.cancel():  # waiting for a retry: its future already runs, so it gets a result
+                job.future.set_result(ItemResult(job.item.index, job.item.label, code=Cancelled.code,
+                                                 message="cancelled before its retry", attempts=job.attempt))
         for future in list(self._running):
             self.cancel(future)
         self._closed.set()
