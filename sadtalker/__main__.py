@@ -230,6 +230,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             results.append(result)
             sys.stdout.write(result.line() + "\n")
             sys.stdout.flush()
+            if args.verbose and result.stage_seconds:
+                timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+                sys.stderr.write(f"         {result.label}: {timing} on {result.worker}\n")
     finally:
         backend.close()
     sys.stdout.write(summary_line(results, time.perf_counter() - started) + "\n")

@@ -100,6 +100,7 @@ class ItemResult:
     worker: str = ""
     attempts: int = 1
     reused: bool = False  # the video was already published by an earlier attempt of this item
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # the pipeline's wall time per stage
 
     @property
     def ok(self) -> bool:
@@ -328,7 +329,7 @@ class ItemRunner:
             return ItemResult(item.index, item.label, code="internal_error", message=f"{type(exc).__name__}: {exc}",
                               seconds=elapsed(), worker=worker, attempts=attempt)
         return ItemResult(item.index, item.label, video=result.video, seconds=elapsed(), worker=worker,
-                          attempts=attempt)
+                          attempts=attempt, stage_seconds=dict(result.seconds))
 
 
 # -- the local backend ------------------------------------------------------------------------------------------

@@ -38,8 +38,12 @@ _LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def import_ray(*, loopback_only: bool = False):
     """`ray`, or MissingDependency naming the extra to install."""
-    if loopback_only and "ray" not in sys.modules:
-        os.environ.setdefault(_LOOPBACK_ONLY_ENV, "0")
+    if loopback_only:
+        if "ray" not in sys.modules:
+            os.environ.setdefault(_LOOPBACK_ONLY_ENV, "0")
+        elif os.environ.get(_LOOPBACK_ONLY_ENV) != "0":
+            log.warning("Ray was imported before the local cluster was asked for; it may listen on the network "
+                        "address too (set %s=0 before importing ray to keep it on 127.0.0.1)", _LOOPBACK_ONLY_ENV)
     try:
         import ray
     except ImportError:
@@ -130,6 +134,7 @@ class _Slot:
     progress_ref: Any = None
     polled: float = 0.0
     dead: bool = False
+    worker: str = ""  # host:pid of the actor's process, as its last ready() answered
     last_event: ProgressEvent | None = field(default=None, repr=False)
 
 
@@ -199,7 +204,9 @@ class RayBackend:
             queued = list(self._queue)
             self._queue.clear()
         for job in queued:
-            job.future.cancel()
+            if not job.future.cancel():  # waiting for a retry: its future already runs, so it gets a result
+                job.future.set_result(ItemResult(job.item.index, job.item.label, code=Cancelled.code,
+                                                 message="cancelled before its retry", attempts=job.attempt))
         for future in list(self._running):
             self.cancel(future)
         self._closed.set()
@@ -237,15 +244,19 @@ class RayBackend:
             self._poll_progress()
 
     def _hand_out(self) -> None:
+        started = []
         with self._lock:
             for slot in self._slots:
                 if slot.dead or slot.ping is not None or slot.job is not None:
                     continue
                 job = self._next_job()
                 if job is None:
-                    return
+                    break
                 slot.job, slot.run_ref, slot.last_event = job, slot.actor.run.remote(job.item, job.attempt), None
                 self._running[job.future] = slot
+                started.append(ProgressEvent(job.item.index, "started", worker=slot.worker, attempt=job.attempt))
+        for event in started:  # said here: the actor's own "started" is overwritten before the first poll
+            self._emit(event)
 
     def _next_job(self) -> _Job | None:
         while self._queue:
@@ -258,7 +269,7 @@ class RayBackend:
     def _on_ping(self, slot: _Slot) -> None:
         ray = self._ray
         try:
-            ray.get(slot.ping)
+            slot.worker = ray.get(slot.ping)
         except ray.exceptions.RayError as exc:
             log.warning("a Ray worker could not start and is given up: %s", exc)
             slot.dead = True
@@ -270,7 +281,8 @@ class RayBackend:
         except self._ray.exceptions.RayError:
             event = None  # the actor died; its running item reports that
         slot.progress_ref = None
-        if event is not None and slot.job is not None and event.index == slot.job.item.index and (
+        if event is not None and event.stage != "started" and slot.job is not None \
+                and event.index == slot.job.item.index and (
                 slot.last_event is None or (event.stage, event.done) != (slot.last_event.stage, slot.last_event.done)):
             slot.last_event = event
             self._emit(event)
