@@ -94,10 +94,9 @@ def _shown(spec: OptionSpec, value: Any) -> Any:
     if spec.kind == "seed" or spec.default is None and spec.kind in ("int", "float"):
         return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
     if spec.kind in ("angles", "box"):
-        if not value:
-            return ""
-        return (" " if spec.kind == "angles" else ",").join(f"{v:g}" if spec.kind == "angles" else str(v)
-                                                           for v in value)
+        if spec.kind == "angles":
+            return " ".join(f"{v:g}" for v in value or ())
+        return ",".join(str(v) for v in value or ())
     return value
 
 
@@ -110,7 +109,7 @@ def _option_value(spec: OptionSpec, raw: Any) -> Any:
         return raw  # ours are validated by GenerateOptions; "host:..." enhancers pass through
     if spec.kind in ("int", "seed", "float"):
         if raw is None or str(raw).strip() == "":
-            return None if spec.default is None else spec.default
+            return spec.default
         try:
             number = float(raw)
         except ValueError:

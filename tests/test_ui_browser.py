@@ -64,7 +64,7 @@ def app(fake_checkpoints, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui_app")
     outputs, log_path = folder / "outputs", folder / "app.log"
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "sadtalker", "app", "--port", str(port), "--checkpoints",
                                     str(fake_checkpoints), "--outputs", str(outputs), "--no-download"],
@@ -132,7 +132,7 @@ def _wait_status(page, startswith: str) -> str:
 def _set_up_run(page, inputs: Path, image: str = "astronaut.png") -> None:
     _upload(page, "sadtalker_image", inputs / image)
     _upload(page, "sadtalker_audio", inputs / "speech.wav")
-    page.wait_for_selector("#sadtalker_audio audio")
+    page.wait_for_selector("#sadtalker_audio audio[src]", state="attached")
     advanced = page.locator("#sadtalker_advanced")
     if not advanced.locator("#sadtalker_face_detector").is_visible():
         advanced.locator(".label-wrap").first.click()

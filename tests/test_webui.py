@@ -188,7 +188,7 @@ def tab_run(page, webui, inputs, data_dir):
     """Generate in the tab (the portrait came from Extras): the progress the WebUI reported, the status."""
     url, _ = webui
     _upload(page, "sadtalker_audio", inputs / "speech.wav")
-    page.wait_for_selector("#sadtalker_audio audio")
+    page.wait_for_selector("#sadtalker_audio audio[src]", state="attached")
     page.locator("#sadtalker_advanced .label-wrap").first.click()
     _pick(page, "sadtalker_face_detector", "dlib")
     _text(page, "sadtalker_seed", str(SEED))
