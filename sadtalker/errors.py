@@ -7,6 +7,7 @@ class SadTalkerError(Exception):
     """Base of all errors the core raises on purpose. `code` is stable (UI, API and exit status use it)."""
 
     code = "sadtalker_error"
+    advice = 'an unexpected failure of ours; run again with `-v` and report it with the log'
     exit_status = 1
 
     def __init__(self, message: str, *, option: str | None = None):
@@ -28,25 +29,30 @@ class InvalidInput(SadTalkerError):
     """An option, image, audio or payload that cannot be used as given."""
 
     code = "invalid_input"
+    advice = 'an option or combination that cannot be used; the message names the option and its allowed range'
     exit_status = 2
 
 
 class AudioError(InvalidInput):
     code = "bad_audio"
+    advice = 'the audio cannot be used (unreadable, empty, silent, too short or over the length limit); convert it to WAV or MP3 with speech in it'
 
 
 class ImageError(InvalidInput):
     code = "bad_image"
+    advice = 'the photo cannot be used (unreadable, too small or too large); save it as PNG or JPEG, at least 32 px and under the pixel limit'
 
 
 class NoFaceDetected(InvalidInput):
     code = "no_face"
+    advice = 'no face was found; use a clear front-facing photo, the `resize` preprocess, another `--face-detector`, or give `--face-box`'
 
 
 class MissingWeights(SadTalkerError):
     """A checkpoint file that is needed is not on disk (or could not be downloaded)."""
 
     code = "missing_weights"
+    advice = 'checkpoint files are not on disk; the message lists each file, where to put it and where to get it: run `python -m sadtalker download`'
     exit_status = 3
 
 
@@ -54,6 +60,7 @@ class CorruptCheckpoint(SadTalkerError):
     """A checkpoint file exists but cannot be read, or does not hold what it should."""
 
     code = "corrupt_checkpoint"
+    advice = 'a checkpoint file is damaged or truncated (or its pickle would run code); delete it and run `python -m sadtalker download` again'
     exit_status = 3
 
 
@@ -61,12 +68,14 @@ class UnsupportedCheckpoint(CorruptCheckpoint):
     """A readable file whose keys match none of the components we know."""
 
     code = "unsupported_checkpoint"
+    advice = 'the file is not the component it is named for; put the official file under that name'
 
 
 class MissingDependency(SadTalkerError):
     """An optional feature needs a package that is not installed; the message names it."""
 
     code = "missing_dependency"
+    advice = 'an optional feature needs a package; install the one the message names'
     exit_status = 3
 
 
@@ -74,10 +83,12 @@ class DetectorUnavailable(MissingDependency):
     """A face detector backend cannot run because a package it needs is not installed."""
 
     code = "detector_unavailable"
+    advice = "the chosen face detector's package is not installed; install it or choose `--face-detector dlib`"
 
 
 class DownloadError(SadTalkerError):
     code = "download_failed"
+    advice = 'a server did not give the file (HTTP error, a web page, a size or hash mismatch); try again later or download it by hand'
     exit_status = 4
 
 
@@ -85,6 +96,7 @@ class FFmpegError(SadTalkerError):
     """ffmpeg is missing, or failed on input that is not the user's fault (disk full, missing encoder, crash)."""
 
     code = "ffmpeg_failed"
+    advice = 'ffmpeg is missing or failed on its own (not on your input); reinstall `imageio-ffmpeg`'
     exit_status = 5
 
 
@@ -92,12 +104,14 @@ class VideoError(InvalidInput):
     """A reference video that cannot be read or used."""
 
     code = "bad_video"
+    advice = 'a reference video cannot be read or shows no face; use another video'
 
 
 class OutputError(SadTalkerError):
     """The output cannot be written where it should go (folder not writable, not a folder)."""
 
     code = "output_unwritable"
+    advice = 'the output folder cannot be written; choose another folder or fix its permissions'
     exit_status = 6
 
 
@@ -105,16 +119,19 @@ class OutputExists(OutputError):
     """The output file named by the caller exists, and replacing it was not asked for."""
 
     code = "output_exists"
+    advice = '`--out` names an existing file; give `--overwrite` or another name'
 
 
 class DiskFull(OutputError):
     """The disk filled up (or a file-size limit was hit) while writing; the partial file was removed."""
 
     code = "disk_full"
+    advice = 'the disk filled up while writing (the partial file was removed); free space and run again'
 
 
 class Cancelled(SadTalkerError):
     code = "cancelled"
+    advice = 'stopped by the user (Ctrl-C, Cancel or Interrupt); nothing was written'
     exit_status = 130
 
 
@@ -123,9 +140,22 @@ class Terminated(KeyboardInterrupt):
     clean-up runs (temporary files removed, ffmpeg stopped). A KeyboardInterrupt, not an Exception: no
     `except Exception` on the way may swallow it."""
 
+    code = "terminated"
+    advice = "the process was told to stop; it cleaned up like Ctrl-C and left no partial file"
+
     def __init__(self, signum: int):
         import signal
 
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         super().__init__(f"stopped by {self.signal_name}")
+
+
+def all_errors() -> list[type[SadTalkerError]]:
+    """Every named error, base first, then in the order they are defined (the README's table comes from this)."""
+    found, pending = [], [SadTalkerError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending[:0] = cls.__subclasses__()
+    return sorted(found, key=lambda cls: cls.exit_status)
