@@ -166,9 +166,9 @@ class Renderer:
     generator's per-frame convolutions in `compute_dtype` (float32, or bfloat16 / float16: see
     `OcclusionAwareSPADEGenerator.set_compute_dtype`), its coordinates and output in float32. The CPU fast paths
     (`sadtalker.nets.blocks`) are used on CPU only: they were written and measured for oneDNN; other devices run
-    the plain reference forward. Nothing depends on the batch (no batch statistics), so any grouping of windows into calls gives the
-    frames of the official batch layout, up to float32 summation order (oneDNN may pick other kernels for another
-    batch size; about 1e-5).
+    the plain reference forward. Nothing depends on the batch (no batch statistics), so any grouping of windows
+    into calls gives the frames of the official batch layout, up to float32 summation order (oneDNN may pick other
+    kernels for another batch size; about 1e-5).
     """
 
     def __init__(self, kp_detector: KPDetector | None, generator: OcclusionAwareSPADEGenerator,
