@@ -173,6 +173,21 @@ class _Page:
         with gr.Row():
             with gr.Column(variant="panel"):
                 self.image = gr.Image(type="pil", label="Portrait", elem_id=f"{ELEM}_image")
+                with gr.Accordion("Face preview", open=True, elem_id=f"{ELEM}_preview_panel"):
+                    self.preview_image = gr.Image(label="The face and crop the run will use", interactive=False,
+                                                  type="numpy", elem_id=f"{ELEM}_preview")
+                    self.preview_text = gr.Markdown("", elem_id=f"{ELEM}_preview_text")
+                    with gr.Row():
+                        self.face_choice = gr.Dropdown(choices=[], value=None, label="Face",
+                                                       info="which face to animate (as numbered in the preview)",
+                                                       elem_id=f"{ELEM}_face_choice")
+                        self.nudge_scale = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Crop size",
+                                                     info="scale the face box", elem_id=f"{ELEM}_nudge_scale")
+                    with gr.Row():
+                        self.nudge_x = gr.Slider(-0.5, 0.5, value=0.0, step=0.02, label="Move right",
+                                                 info="fraction of the face box", elem_id=f"{ELEM}_nudge_x")
+                        self.nudge_y = gr.Slider(-0.5, 0.5, value=0.0, step=0.02, label="Move down",
+                                                 info="fraction of the face box", elem_id=f"{ELEM}_nudge_y")
                 self.speech = compat.speech_inputs(f"{ELEM}_audio")
                 with gr.Accordion("Reference video", open=False):
                     self.ref_video = gr.Video(label="Reference video", elem_id=f"{ELEM}_ref_video")
@@ -222,6 +237,17 @@ class _Page:
         self.download_button.click(self.download, inputs=None,
                                    outputs=[self.missing, self.download_button, self.status])
         self.unload_button.click(self.unload, inputs=None, outputs=[self.status], queue=False)
+        preview_inputs = [self.image, self.controls["preprocess"], self.controls["size"],
+                          self.controls["face_detector"], self.face_choice, self.nudge_x, self.nudge_y,
+                          self.nudge_scale]
+        preview_outputs = [self.preview_image, self.preview_text, self.face_choice, self.controls["face_box"]]
+        self.image.change(self.preview_new_image, inputs=preview_inputs, outputs=preview_outputs)
+        for trigger in (self.controls["preprocess"], self.controls["size"], self.controls["face_detector"]):
+            trigger.change(self.preview, inputs=preview_inputs, outputs=preview_outputs)
+        # user actions only (select / release): the preview itself sets the face choice, which must not loop
+        self.face_choice.select(self.preview, inputs=preview_inputs, outputs=preview_outputs)
+        for slider in (self.nudge_x, self.nudge_y, self.nudge_scale):
+            slider.release(self.preview, inputs=preview_inputs, outputs=preview_outputs)
 
     # generate / cancel
     def start(self):
@@ -288,6 +314,38 @@ class _Page:
         for warning in result.warnings:
             gr.Warning(warning)
         return str(result.video), str(result.video), parameters, status
+
+    # face preview
+    def preview_new_image(self, image, preprocess, size, detector, face, dx, dy, scale):
+        """A new photo: the default face, un-nudged."""
+        return self.preview(image, preprocess, size, detector, None, 0.0, 0.0, 1.0)
+
+    def preview(self, image, preprocess, size, detector, face, dx, dy, scale):
+        """Detect the faces, draw the chosen one with its landmarks and the crop, and put the box the run should
+        use into the face-box option (empty when the run would pick the same face by itself)."""
+        from .preview import Nudge
+
+        if image is None:
+            return None, "", gr.update(choices=[], value=None), gr.update(value="")
+        try:
+            options = GenerateOptions.from_dict({"preprocess": _option_value(option_spec("preprocess"), preprocess),
+                                                 "size": _option_value(option_spec("size"), size),
+                                                 "face_detector": detector})
+            index = int(str(face).split()[1]) if face else None
+            nudge = Nudge(float(dx or 0), float(dy or 0), float(scale or 1))
+            # under the host's lock: the detector is the one the runs use, and backends are not thread-safe
+            found = self.host.run_exclusive(
+                lambda: self.host.pipeline.preview(image, options, face_index=index, nudge=nudge))
+        except SadTalkerError as exc:
+            return None, f"**{_named(exc)}**", gr.update(choices=[], value=None), gr.update()
+        except Exception as exc:  # the preview is a help; a failure here must not stop the user from generating
+            log.exception("face preview failed")
+            return None, f"the preview failed ({type(exc).__name__}); generating still works", gr.update(), gr.update()
+        names = [f"face {number}" for number in range(len(found.faces))]
+        chosen = f"face {found.chosen}" if found.chosen >= 0 else None
+        lines = found.messages + [f"{found.preprocess} crop: {','.join(map(str, found.crop_box))}"]
+        box = "" if found.face_box is None else _shown(option_spec("face_box"), found.face_box)
+        return (found.image, "  \n".join(lines), gr.update(choices=names, value=chosen), gr.update(value=box))
 
     # parameters of an earlier video
     def load_parameters(self, value):

@@ -207,3 +207,66 @@ def test_loading_an_earlier_video_fills_the_controls(generated, page):
     assert seed.input_value() == str(SEED)
     assert page.locator("#sadtalker_pose_style input[type=number]").input_value() == str(POSE_STYLE)
     assert page.locator("#sadtalker_face_detector input").input_value() == "dlib"
+
+
+@pytest.fixture(scope="module")
+def two_faces(inputs) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    photo = data.astronaut()
+    Image.fromarray(np.ascontiguousarray(np.concatenate([photo, photo[:, ::-1]], axis=1))).save(
+        inputs / "two_faces.png")
+    return inputs / "two_faces.png"
+
+
+def _preview_text(page) -> str:
+    return page.locator("#sadtalker_preview_text").last.inner_text()
+
+
+def test_face_preview_choose_nudge_and_the_run_uses_the_box(generated, page, inputs, two_faces):
+    page.reload()
+    page.wait_for_selector("#sadtalker_generate")
+    advanced = page.locator("#sadtalker_advanced")
+    advanced.locator(".label-wrap").first.click()
+    _pick(page, "sadtalker_face_detector", "dlib")
+    _upload(page, "sadtalker_image", two_faces)
+    page.wait_for_function("() => document.querySelector('#sadtalker_preview_text').innerText.includes('faces found')")
+    page.wait_for_selector("#sadtalker_preview img")
+    crop_text = _preview_text(page)
+    assert "crop:" in crop_text
+    box = page.locator("#sadtalker_face_box textarea, #sadtalker_face_box input").first
+    assert box.input_value() == ""  # the largest face is what the run picks anyway
+
+    _pick(page, "sadtalker_preprocess", "extcrop")
+    page.wait_for_function("() => document.querySelector('#sadtalker_preview_text').innerText.includes('extcrop crop:')")
+    assert _preview_text(page) != crop_text
+
+    choices = page.locator("#sadtalker_face_choice input")
+    choices.click()
+    options = page.locator("#sadtalker_face_choice li")
+    other = next(text for text in options.all_inner_texts() if text.strip() and text.strip() != choices.input_value())
+    options.filter(has_text=other.strip()).first.click()
+    page.wait_for_function("() => { const b = document.querySelector('#sadtalker_face_box textarea, "
+                           "#sadtalker_face_box input'); return b && b.value.length > 0; }")
+    chosen_box = box.input_value()
+
+    track = page.locator("#sadtalker_nudge_scale input[type=range]")
+    bounds = track.bounding_box()
+    page.mouse.click(bounds["x"] + bounds["width"] * 0.9, bounds["y"] + bounds["height"] / 2)
+    page.wait_for_function("old => { const b = document.querySelector('#sadtalker_face_box textarea, "
+                           "#sadtalker_face_box input'); return b && b.value.length > 0 && b.value !== old; }",
+                           arg=chosen_box)
+    if os.environ.get("SADTALKER_SCREENSHOTS"):  # tools/screenshots.sh: the README's picture of the app
+        page.screenshot(path=str(ROOT / "docs" / "images" / "app.png"), full_page=True)
+    nudged = [int(v) for v in box.input_value().split(",")]
+    before = [int(v) for v in chosen_box.split(",")]
+    assert nudged[2] - nudged[0] > before[2] - before[0]  # the crop was scaled up
+
+    _upload(page, "sadtalker_audio", inputs / "speech.wav")
+    page.wait_for_selector("#sadtalker_audio audio[src]", state="attached")
+    page.click("#sadtalker_generate")
+    _wait_status(page, "done")
+    parameters = json.loads(page.locator("#sadtalker_parameters textarea").input_value())
+    assert parameters["options"]["face_box"] == nudged
+    assert parameters["options"]["preprocess"] == "extcrop"

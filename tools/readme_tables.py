@@ -48,7 +48,7 @@ TABLES = {"options": options_table, "errors": errors_table}
 
 
 def _block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- {name}-table:start -->\n)(.*?)(\n<!-- {name}-table:end -->)", re.S)
+    return re.compile(rf"(<!-- {name}-table:start -->\n)(.*?)(<!-- {name}-table:end -->)", re.S)
 
 
 def render(text: str) -> str:
@@ -56,7 +56,7 @@ def render(text: str) -> str:
         pattern = _block(name)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}-table:start/end --> block")
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(3), text)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(3), text)
     return text
 
 
