@@ -330,8 +330,14 @@ def test_cli_intermediates_match_the_official_stages(cli_run, resampled):
 
     golden_wav = resampled["speech_44k1_stereo__wav_loaded"]
     samples = CLI_FRAMES * audio.SAMPLES_PER_FRAME
-    np.testing.assert_array_equal(arrays["audio_16k"], golden_wav[offset:offset + samples])
-    # mel rows whose STFT window lies inside the excerpt (row 2 would see the pre-emphasis restart at sample 0)
+    # exact, except the first 51 samples: the kaiser_best filter reaches 50 output samples (~3 ms) to each side,
+    # and before the excerpt's first sample the full clip has speech where the excerpt has nothing. Not bit-exact
+    # past it either: resampy's time register counts from the excerpt's start, which moves the float rounding of
+    # one sample by 1.9e-9 (measured); the whole-file stage test above is exact.
+    edge = 64
+    np.testing.assert_allclose(arrays["audio_16k"][edge:], golden_wav[offset + edge:offset + samples], atol=1e-8,
+                               rtol=0)
+    # mel rows whose STFT window (800 samples, centred) starts after that edge and ends inside the excerpt
     first_row, rows = offset // audio.HOP_LENGTH, slice(3, samples // audio.HOP_LENGTH - 2)
     assert arrays["mel_80"].shape == (samples // audio.HOP_LENGTH + 1, 80) and arrays["mel_80"].dtype == np.float64
     np.testing.assert_allclose(arrays["mel_80"][rows],
@@ -350,7 +356,7 @@ def test_cli_video_keeps_the_users_sound_and_says_the_reference_loops(cli_run):
     assert abs(len(samples) - CLI_FRAMES / 25 * rate) <= 1024  # cut to the video (one AAC frame of slack)
     left, right = samples[:, 0], samples[:, 1]
     assert np.abs(left - right).max() > 0.01  # the channels differ in the input, and still do
-    assert f"({REFERENCE_FRAMES} frames) is shorter than the audio ({CLI_FRAMES} frames), so it loops" in stderr
+    assert f"{REFERENCE_FRAMES} frames) is shorter than the audio ({CLI_FRAMES} frames), so it loops" in stderr
 
 
 def test_unload_releases_the_detectors(fake_checkpoints):
