@@ -170,9 +170,12 @@ def test_dlib_finds_the_astronauts_face(dlib_backend, astronaut, golden):
     points = result.points
     x0, y0, x1, y1 = result.box
     hand_placed = golden("crop_align_paste")["lm68_full"]
-    # The face, not the mission patch at (126, 335)-(215, 425) that HOG also scores when upsampling.
+    # The official recipe upsamples once, so HOG also scores the mission patch at (126, 335)-(215, 425): the
+    # largest box, the face, is used.
+    assert result.faces_found == 2
     assert x0 < hand_placed[:, 0].mean() < x1 and y0 < hand_placed[:, 1].mean() < y1
-    assert inside(points, grown(result.box, 0.1))  # dlib's HOG box is tight; the jaw may poke out a little
+    # dlib's HOG box is tight: the chin pokes out 12 % of the box height below it (measured)
+    assert inside(points, grown(result.box, 0.15))
     eyes_y = points[36:48, 1].mean()
     assert eyes_y < points[NOSE_TIP, 1] < points[MOUTH, 1].mean()
     assert points[RIGHT_EYE, 0].mean() < points[NOSE_TIP, 0] < points[LEFT_EYE, 0].mean()

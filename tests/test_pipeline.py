@@ -116,7 +116,8 @@ def test_composed_pipeline_equals_the_stages_in_the_official_order(pipeline, por
     targets = render_inputs.render_targets(official.coeffs, source.coefficients, preprocess="crop", still=False)
     packed = render_inputs.pack_batches(targets, 2)  # (bs, n, C, 27): batch row b holds frames b*n ...
     image = torch.from_numpy(source.crop.face).permute(2, 0, 1)[None].float() / 255
-    state = renderer.prepare_source(image, render_inputs.source_semantics(source.coefficients, "crop")[None])
+    state = renderer.prepare_source(image, render_inputs.source_semantics(source.coefficients, "crop")[None],
+                                    batch_size=2)
     calls = [renderer.render(state, packed[:, i]) for i in range(packed.shape[1])]
     frames = torch.stack(calls, 1).reshape(-1, 3, 256, 256)[:FRAMES]
     expected = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

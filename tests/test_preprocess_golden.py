@@ -274,18 +274,18 @@ def test_reference_frames_without_a_face_take_a_neighbours_landmarks(dlib_backen
 # ------------------------------------------------------------------------------ the command line, end to end
 
 
-CLI_FRAMES = 5
-REFERENCE_FRAMES = 3  # shorter than the audio: the reference loops, and the run says so
+CLI_FRAMES = 3  # the fewest the pose smoothing takes: the renderer costs seconds per frame
+REFERENCE_FRAMES = 2  # shorter than the audio: the reference loops, and the run says so
 
 
 def _speech_excerpt(folder, resampled) -> tuple[object, int]:
-    """A 0.22 s excerpt of the 44.1 kHz stereo clip whose 16 kHz samples fall on the golden ones: it starts
+    """A 0.14 s excerpt of the 44.1 kHz stereo clip whose 16 kHz samples fall on the golden ones: it starts
     at a multiple of 2205 input samples (= 800 output samples = 4 mel hops), at the loudest such place.
     Returns the file and its first sample's index in the golden 16 kHz wav."""
     import soundfile
 
     samples, rate = soundfile.read(audio_input("speech_44k1_stereo"), dtype="float32", always_2d=True)
-    length = int(0.22 * rate)
+    length = int((CLI_FRAMES * 0.04 + 0.02) * rate)
     starts = range(0, len(samples) - length, 2205)
     start = max(starts, key=lambda s: float(np.square(samples[s:s + length]).sum()))
     path = folder / "excerpt_44k1_stereo.wav"
@@ -295,8 +295,8 @@ def _speech_excerpt(folder, resampled) -> tuple[object, int]:
 
 @pytest.fixture(scope="module")
 def cli_run(fake_checkpoints, resampled, tmp_path_factory):
-    """`python -m sadtalker generate` on sad.png (crop, dlib) with 44.1 kHz stereo speech and a 3-frame cut of the
-    reference video as --ref-pose, --save-intermediates; 5 frames."""
+    """`python -m sadtalker generate` on sad.png (crop, dlib) with 44.1 kHz stereo speech and a 2-frame cut of the
+    reference video as --ref-pose, --save-intermediates; 3 frames."""
     import subprocess
 
     from sadtalker.video import ffmpeg_executable
@@ -330,8 +330,14 @@ def test_cli_intermediates_match_the_official_stages(cli_run, resampled):
 
     golden_wav = resampled["speech_44k1_stereo__wav_loaded"]
     samples = CLI_FRAMES * audio.SAMPLES_PER_FRAME
-    np.testing.assert_array_equal(arrays["audio_16k"], golden_wav[offset:offset + samples])
-    # mel rows whose STFT window lies inside the excerpt (row 2 would see the pre-emphasis restart at sample 0)
+    # exact, except the first 51 samples: the kaiser_best filter reaches 50 output samples (~3 ms) to each side,
+    # and before the excerpt's first sample the full clip has speech where the excerpt has nothing. Not bit-exact
+    # past it either: resampy's time register counts from the excerpt's start, which moves the float rounding of
+    # one sample by 1.9e-9 (measured); the whole-file stage test above is exact.
+    edge = 64
+    np.testing.assert_allclose(arrays["audio_16k"][edge:], golden_wav[offset + edge:offset + samples], atol=1e-8,
+                               rtol=0)
+    # mel rows whose STFT window (800 samples, centred) starts after that edge and ends inside the excerpt
     first_row, rows = offset // audio.HOP_LENGTH, slice(3, samples // audio.HOP_LENGTH - 2)
     assert arrays["mel_80"].shape == (samples // audio.HOP_LENGTH + 1, 80) and arrays["mel_80"].dtype == np.float64
     np.testing.assert_allclose(arrays["mel_80"][rows],
@@ -350,7 +356,7 @@ def test_cli_video_keeps_the_users_sound_and_says_the_reference_loops(cli_run):
     assert abs(len(samples) - CLI_FRAMES / 25 * rate) <= 1024  # cut to the video (one AAC frame of slack)
     left, right = samples[:, 0], samples[:, 1]
     assert np.abs(left - right).max() > 0.01  # the channels differ in the input, and still do
-    assert f"({REFERENCE_FRAMES} frames) is shorter than the audio ({CLI_FRAMES} frames), so it loops" in stderr
+    assert f"{REFERENCE_FRAMES} frames) is shorter than the audio ({CLI_FRAMES} frames), so it loops" in stderr
 
 
 def test_unload_releases_the_detectors(fake_checkpoints):
