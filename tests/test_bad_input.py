@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -303,6 +302,7 @@ def test_case(case: Case, runner: str, assets, tmp_path):
     shown = outcome.code or "ok"
     said = outcome.message.splitlines()[0] if outcome.message else "; ".join(outcome.warnings)
     OBSERVED.append((f"{case.row}: {case.id}", runner, expect.code or "ok", f"{shown} ({seconds:.0f} s): {said}"))
+    _write_observed()
 
     report = f"{case.id} via {runner}: {outcome.detail}"
     assert not outcome.traceback, report
@@ -339,10 +339,9 @@ def test_host_still_serves_after_the_table(assets, tmp_path):
     assert result.video.is_file() and result.num_frames == 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def observed_table_report():
-    """With SADTALKER_TABLE_REPORT=FILE, what each case gave is written there as a Markdown table (for the note)."""
-    yield
+def _write_observed() -> None:
+    """With SADTALKER_TABLE_REPORT=FILE, what each case gave so far is written there as a Markdown table (for
+    the issue note; rewritten after every case, so a stopped run keeps what it saw)."""
     target = os.environ.get("SADTALKER_TABLE_REPORT")
     if target and OBSERVED:
         rows = ["| case | runner | expected | observed |", "|---|---|---|---|"]
