@@ -152,7 +152,8 @@ class RayBackend:
             if gpus < 1:
                 raise InvalidInput("--device cuda: the Ray cluster has no GPU; use --device cpu", option="device")
             count = workers or gpus
-            actor_resources = {"num_gpus": 1, "num_cpus": 1}
+            # the face detector, the paste-back and the H.264 encoder still run on CPU: --threads reserves cores
+            actor_resources = {"num_gpus": 1, "num_cpus": threads_per_worker or 1}
         else:
             count = workers or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
             cpus = int(resources.get("CPU", 1))
