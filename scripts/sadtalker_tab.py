@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import gradio as gr
-import torch
-
-from modules import call_queue, devices, paths, script_callbacks, shared
+from modules import devices, script_callbacks, shared
 
 try:
     from modules import infotext_utils
@@ -23,79 +21,19 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
-from sadtalker.host import Host  # noqa: E402
-from sadtalker.options import HOST_ENHANCER_PREFIX, option_spec  # noqa: E402
-from sadtalker.ui import build_ui  # noqa: E402
+if str(EXTENSION_ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(EXTENSION_ROOT / "scripts"))  # for sadtalker_webui, shared with the API script
 
-TAB = "sadtalker"
+from sadtalker.options import option_spec  # noqa: E402
+from sadtalker.ui import build_ui  # noqa: E402
+from sadtalker_webui import TAB, get_host, setting  # noqa: E402
+
 SECTION = ("sadtalker", "SadTalker")
 SETTING_DEFAULTS = {  # key -> (option it sets the default of, or None)
     "sadtalker_size": "size", "sadtalker_preprocess": "preprocess", "sadtalker_enhancer": "enhancer",
     "sadtalker_face_detector": "face_detector",
 }
-_host: Host | None = None
 _galleries: dict[str, gr.components.Component] = {}
-
-
-def setting(key: str, default=None):
-    # opts.data, not opts.<key>: with --nowebui on_ui_settings never runs and the attribute does not exist
-    return shared.opts.data.get(key, default)
-
-
-def models_dir() -> Path:
-    configured = setting("sadtalker_models_path") or getattr(shared.cmd_opts, "sadtalker_models_path", None)
-    return Path(configured) if configured else Path(paths.models_path) / "SadTalker"
-
-
-def outputs_dir() -> Path:
-    """Settings folder, else <the WebUI's "all images" folder or its outputs folder>/sadtalker."""
-    configured = setting("sadtalker_outputs_path")
-    if configured:
-        return Path(configured)
-    from modules.paths_internal import default_output_dir
-
-    return Path(setting("outdir_samples") or default_output_dir) / "sadtalker"
-
-
-def _run_exclusive(job):
-    """Under the WebUI's queue lock (never beside txt2img), as one job of shared.state (progress bar, Interrupt)."""
-    with call_queue.queue_lock:
-        shared.state.begin(job="sadtalker")
-        shared.state.job_count = 1
-        try:
-            return job()
-        finally:
-            shared.state.end()
-
-
-def _on_progress(stage: str, done: int, total: int) -> None:
-    shared.state.textinfo = f"SadTalker: {stage} {done}/{total}" if total > 1 else f"SadTalker: {stage}"
-    shared.state.sampling_steps = total
-    shared.state.sampling_step = done
-
-
-def _interrupted() -> bool:
-    return bool(shared.state.interrupted or getattr(shared.state, "stopping_generation", False))
-
-
-def _restorers() -> dict:
-    """The WebUI's configured face restorers (GFPGAN, CodeFormer), offered as "host:<name>" enhancers."""
-    return {HOST_ENHANCER_PREFIX + restorer.name(): restorer.restore for restorer in shared.face_restorers}
-
-
-def get_host() -> Host:
-    """One host per WebUI process (also for the API script), so models stay loaded between runs."""
-    global _host
-    if _host is None:
-        device = devices.get_device_for(TAB)
-        dtype = devices.dtype if torch.device(device).type == "cuda" else torch.float32
-        _host = Host(models_dir(), outputs_dir(), device=device, dtype=dtype,
-                     allow_download=not getattr(shared.cmd_opts, "sadtalker_no_download", False),
-                     run_exclusive=_run_exclusive, on_progress=_on_progress, is_interrupted=_interrupted,
-                     extra_enhancers=_restorers(), name="webui")
-    _host.outputs_dir = outputs_dir()  # Settings may have changed it since the last run
-    _host.extra_enhancers.update(_restorers())
-    return _host
 
 
 def _after_run() -> None:
