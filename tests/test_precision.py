@@ -48,19 +48,21 @@ def test_cpu_bf16_detection_follows_the_cpu_flags():
 
 @pytest.mark.skipif(not cpu_has_fast_bfloat16(), reason="this CPU has no bfloat16 instructions")
 def test_model_store_holds_one_precision_per_size_and_reloads_what_it_released(fake_checkpoints):
+    from sadtalker.checkpoints import files
     from sadtalker.checkpoints.paths import ModelPaths
     from sadtalker.pipeline import ModelStore
 
     store = ModelStore(ModelPaths(fake_checkpoints))
-    fast = store.renderer(256, False, "bf16")
+    fast = store.renderer(256, "crop", "bf16")
     assert fast.compute_dtype == torch.bfloat16
     assert fast.generator.dense_motion_network.compress.weight.dtype == torch.float32  # coordinates stay fp32
     assert fast.generator.first.conv.weight.dtype == torch.float32  # the source encoder runs once: fp32
-    assert fast.mapping.fc_exp.weight.dtype == torch.float64
-    assert store.renderer(256, False, "auto") is fast  # auto is bf16 on this CPU: the same renderer
+    assert fast.mapping.fc_exp.weight.dtype == torch.float32  # float32 like the official mapping net
+    assert store.renderer(256, "crop", "auto") is fast  # auto is bf16 on this CPU: the same renderer
     store.release_once_per_video()
     assert fast.kp_detector is None
-    assert store.renderer(256, False, "bf16").kp_detector is not None  # attached again when asked for
-    exact = store.renderer(256, False, "fp32")
+    assert store.renderer(256, "crop", "bf16").kp_detector is not None  # attached again when asked for
+    exact = store.renderer(256, "crop", "fp32")
     assert exact.compute_dtype == torch.float32
-    assert [k for k in store._cache if k[0] == "renderer"] == [("renderer", 256, False, torch.float32)]
+    assert [k for k in store._cache if k[0] == "renderer"] == [
+        ("renderer", 256, files.MAPPING_CROP.name, torch.float32)]
