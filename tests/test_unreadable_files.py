@@ -49,7 +49,7 @@ def test_memory_or_permissions_are_not_called_corrupt(damaged, monkeypatch, erro
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(reader_module.torch, "load", fail)
+    monkeypatch.setattr(reader_module.torch.serialization, "load", fail)  # what the reader calls
     with pytest.raises(type(error)) as raised:
         CheckpointReader(whole)
     assert raised.value is error
