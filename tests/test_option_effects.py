@@ -317,5 +317,22 @@ def test_enhancer_restores_every_face_and_none_leaves_them(models_dir, source):
         same(out_enhanced, aspect_frame(255 - frame, source.crop.info.size))
 
 
+@effect_of("precision")
+def test_precision_sets_the_generators_arithmetic_and_nothing_else(pipeline, base, source):
+    from sadtalker.errors import InvalidInput
+    from sadtalker.render import cpu_has_fast_bfloat16
+
+    same(inputs_of(base, source, precision="bf16").targets, inputs_of(base, source).targets)  # coefficients untouched
+    assert pipeline.models.renderer(256, "crop", "fp32").compute_dtype == torch.float32  # neutral: exact fp32
+    if cpu_has_fast_bfloat16():
+        fast = pipeline.models.renderer(256, "crop", "bf16")
+        assert fast.compute_dtype == torch.bfloat16
+        assert fast.mapping.fc_exp.weight.dtype == torch.float32  # keypoints stay float32
+    else:
+        with pytest.raises(InvalidInput, match="precision"):
+            pipeline.models.renderer(256, "crop", "bf16")
+    pipeline.models.renderer(256, "crop", "fp32")  # the shared pipeline back as the other tests expect it
+
+
 def test_every_option_has_an_effect_test():
     assert TESTED == {spec.name for spec in option_specs()}, "a new option needs its test in this file"

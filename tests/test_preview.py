@@ -45,8 +45,10 @@ def test_two_faces_are_listed_and_the_user_can_pick_either(dlib, two_faces):
     picked = preview_faces(two_faces, dlib, face_index=index_right)
     assert picked.box == right.box and picked.face_box == right.box
     x0, y0, x1, y1 = right.box
-    assert np.all((picked.landmarks[:, 0] >= x0 - 10) & (picked.landmarks[:, 0] <= x1 + 10))
-    assert np.all((picked.landmarks[:, 1] >= y0 - 10) & (picked.landmarks[:, 1] <= y1 + 10))
+    # dlib's upsampled HOG box ends above the chin (the chin sits ~12% of the box height below it; test_detect)
+    margin = 0.15 * (y1 - y0)
+    assert np.all((picked.landmarks[:, 0] >= x0 - margin) & (picked.landmarks[:, 0] <= x1 + margin))
+    assert np.all((picked.landmarks[:, 1] >= y0 - margin) & (picked.landmarks[:, 1] <= y1 + margin))
     with pytest.raises(InvalidInput, match="does not exist"):
         preview_faces(two_faces, dlib, face_index=len(default.faces))
 
