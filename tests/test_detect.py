@@ -155,16 +155,6 @@ def test_video_without_any_face_raises(flat_image):
 # ---------------------------------------------------------------- dlib, real weights, real image
 
 
-@pytest.fixture(scope="module")
-def dlib_backend():
-    pytest.importorskip("dlib")
-    from sadtalker.face.detectors.dlib_backend import DlibLandmarker
-
-    backend = DlibLandmarker()
-    yield backend
-    backend.close()
-
-
 def test_dlib_finds_the_astronauts_face(dlib_backend, astronaut, golden):
     result = detect_landmarks(astronaut, detector=dlib_backend)
     points = result.points

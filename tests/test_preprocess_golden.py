@@ -54,16 +54,6 @@ def read_rgb(name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dlib_backend():
-    pytest.importorskip("dlib")
-    from sadtalker.face.detectors.dlib_backend import DlibLandmarker
-
-    backend = DlibLandmarker()
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
 def recon_net() -> ReconNet:
     net = ReconNet()
     net.load_state_dict(fakes.fake_state(fakes.SAFETENSORS_256, prefix="face_3drecon"), strict=True)

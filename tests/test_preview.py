@@ -11,15 +11,12 @@ import skimage.data
 from PIL import Image
 
 from sadtalker.errors import InvalidInput, NoFaceDetected
-from sadtalker.face.detect import open_detector
 from sadtalker.preview import CHOSEN, CROP, Nudge, preview_faces
 
 
 @pytest.fixture(scope="module")
-def dlib():
-    detector = open_detector("dlib")
-    yield detector
-    detector.close()
+def dlib(dlib_backend):
+    return dlib_backend
 
 
 @pytest.fixture(scope="module")
