@@ -23,6 +23,21 @@ def golden():
 
 
 @pytest.fixture(scope="session")
+def days_of_this_run():
+    """days_of_this_run() -> the ISO dates from the session's start to now. A run that crosses midnight writes
+    into the folder of the day its job started, so a test of `outputs/<date>/` must accept each of them."""
+    import datetime
+
+    started = datetime.date.today()
+
+    def days() -> set[str]:
+        today = datetime.date.today()
+        return {(started + datetime.timedelta(n)).isoformat() for n in range((today - started).days + 1)}
+
+    return days
+
+
+@pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN
 
