@@ -205,11 +205,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     planned = plan_batch(items, options_from_args(args), args.out_dir)
     progress = None if args.quiet else _batch_progress(planned, sys.stderr, args.verbose)
     if args.ray:
-        from .batch_ray import RayBackend
-
-        backend = RayBackend(args.ray, models_dir=_models_dir(args.checkpoints), device=args.device,
-                             workers=args.workers, threads_per_worker=args.threads,
-                             allow_download=not args.no_download, max_attempts=args.max_attempts, on_progress=progress)
+        backend = _ray_backend(args, progress)
     else:
         from .pipeline import SadTalkerPipeline
 
@@ -334,9 +330,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            max_body_bytes=int(args.max_body_mb * 2**20),
                            paths=PathPolicy(allowed=bool(args.allow_paths),
                                             folders=tuple(Path(p).resolve() for p in args.allow_paths or ())))
-    uvicorn.run(create_app(host, settings), host=args.host, port=args.port,
+    if args.ray:
+        backend = _ray_backend(args)
+        sys.stderr.write(f"SadTalker API: items run on Ray ({args.ray}), {backend.workers} worker(s)\n")
+    else:
+        backend = None
+        if args.workers:
+            raise InvalidInput("--workers needs --ray (without it the server renders one item at a time)",
+                               option="ray")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+    uvicorn.run(create_app(host, settings, backend), host=args.host, port=args.port,
                 log_level="info" if args.verbose else "warning")
     return 0
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="local|auto|ADDRESS",
+                        help="run the items on Ray: start a local cluster, join the running one (auto) or the one at "
+                             "HOST:PORT")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Ray actors (default: one per GPU with --device cuda, else one per node)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per worker")
+    parser.add_argument("--max-attempts", type=int, default=3, metavar="N",
+                        help="Ray: tries per item when its worker dies (default 3)")
+
+
+def _ray_backend(args: argparse.Namespace, on_progress=None):
+    from .batch_ray import RayBackend
+
+    return RayBackend(args.ray, models_dir=_models_dir(args.checkpoints), device=args.device, workers=args.workers,
+                      threads_per_worker=args.threads, allow_download=not args.no_download,
+                      max_attempts=args.max_attempts, on_progress=on_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,13 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "the flag given here, which overrides the default.")
     batch.add_argument("manifest", metavar="MANIFEST", help="items.csv or items.json")
     batch.add_argument("--out-dir", required=True, metavar="DIR", help="where the videos go (never overwritten)")
-    batch.add_argument("--ray", metavar="local|auto|ADDRESS",
-                       help="run on Ray: start a local cluster, join the running one (auto) or one at HOST:PORT")
-    batch.add_argument("--workers", type=int, metavar="N",
-                       help="Ray actors (default: one per GPU with --device cuda, else one per node)")
-    batch.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per worker")
-    batch.add_argument("--max-attempts", type=int, default=3, metavar="N",
-                       help="Ray: tries per item when its worker dies (default 3)")
+    _add_ray_arguments(batch)
     batch.add_argument("--checkpoints", metavar="DIR", help="models folder (default: per-user cache)")
     batch.add_argument("--no-download", action="store_true", help="never download missing weights")
     batch.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
@@ -442,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "folders; without it only base64 inputs are accepted")
     serve.add_argument("--no-download", action="store_true", help="never download missing weights")
     serve.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    _add_ray_arguments(serve)
     serve.set_defaults(run=cmd_serve)
     return parser
 

@@ -87,6 +87,7 @@ class ProgressEvent:
     total: int = 0
     worker: str = ""  # host:pid that runs the item
     attempt: int = 1
+    batch_id: str = ""  # which batch (or API job) the item belongs to: indexes repeat across batches
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,15 @@ class ItemResult:
     video: Path | None = None
     code: str | None = None  # the named error's code when the item failed
     message: str | None = None
+    option: str | None = None  # the option at fault, when the error names one
     seconds: float = 0.0
     worker: str = ""
     attempts: int = 1
     reused: bool = False  # the video was already published by an earlier attempt of this item
     stage_seconds: dict[str, float] = field(default_factory=dict)  # the pipeline's wall time per stage
+    seed: int | None = None  # the seed the video was made with (a random one when the options gave none)
+    frames: int = 0
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -117,6 +122,9 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class BatchBackend(Protocol):
+    on_progress: ProgressCallback | None  # events of every item, from the backend's own thread
+    workers: int  # how many items it runs at once
+
     def submit(self, item: PlannedItem) -> Future: ...
 
     def cancel(self, future: Future) -> None: ...
@@ -312,7 +320,7 @@ class ItemRunner:
 
         def progress(stage: str, done: int, total: int) -> None:
             if on_progress is not None:
-                on_progress(ProgressEvent(item.index, stage, done, total, worker, attempt))
+                on_progress(ProgressEvent(item.index, stage, done, total, worker, attempt, item.batch_id))
 
         if attempt > 1:  # the worker of the attempt before was killed mid-write: its hidden parts are orphans
             remove_abandoned_parts(item.output)
@@ -320,22 +328,25 @@ class ItemRunner:
         try:
             result = self.pipeline.generate(item.image, item.audio, item.options, output=item.output,
                                             on_progress=progress, should_cancel=should_cancel,
-                                            extra_metadata={"batch": item.marker})
+                                            extra_metadata={"batch": item.marker, "worker": worker})
         except SadTalkerError as exc:
-            return ItemResult(item.index, item.label, code=exc.code, message=exc.message, seconds=elapsed(),
-                              worker=worker, attempts=attempt)
+            return ItemResult(item.index, item.label, code=exc.code, message=exc.message, option=exc.option,
+                              seconds=elapsed(), worker=worker, attempts=attempt)
         except Exception as exc:  # one broken item must not end the batch; the log keeps the traceback
             log.exception("%s failed unexpectedly", item.label)
             return ItemResult(item.index, item.label, code="internal_error", message=f"{type(exc).__name__}: {exc}",
                               seconds=elapsed(), worker=worker, attempts=attempt)
         return ItemResult(item.index, item.label, video=result.video, seconds=elapsed(), worker=worker,
-                          attempts=attempt, stage_seconds=dict(result.seconds))
+                          attempts=attempt, stage_seconds=dict(result.seconds), seed=result.seed,
+                          frames=result.num_frames, warnings=tuple(result.warnings))
 
 
 # -- the local backend ------------------------------------------------------------------------------------------
 
 class LocalBackend:
     """Items one at a time, in a background thread of this process, with one loaded pipeline."""
+
+    workers = 1
 
     def __init__(self, pipeline, *, on_progress: ProgressCallback | None = None):
         self.runner = ItemRunner(pipeline)
@@ -348,7 +359,7 @@ class LocalBackend:
         future = self._executor.submit(self.runner.run, item, on_progress=self.on_progress, should_cancel=flag.is_set)
         self._cancel_flags[future] = flag
         if self.on_progress is not None:
-            self.on_progress(ProgressEvent(item.index, "queued"))
+            self.on_progress(ProgressEvent(item.index, "queued", batch_id=item.batch_id))
         return future
 
     def cancel(self, future: Future) -> None:

@@ -184,7 +184,7 @@ class RayBackend:
         future: Future = Future()
         with self._lock:
             self._queue.append(_Job(item, future))
-        self._emit(ProgressEvent(item.index, "queued"))
+        self._emit(ProgressEvent(item.index, "queued", batch_id=item.batch_id))
         return future
 
     def cancel(self, future: Future) -> None:
@@ -255,7 +255,8 @@ class RayBackend:
                     break
                 slot.job, slot.run_ref, slot.last_event = job, slot.actor.run.remote(job.item, job.attempt), None
                 self._running[job.future] = slot
-                started.append(ProgressEvent(job.item.index, "started", worker=slot.worker, attempt=job.attempt))
+                started.append(ProgressEvent(job.item.index, "started", worker=slot.worker, attempt=job.attempt,
+                                             batch_id=job.item.batch_id))
         for event in started:  # said here: the actor's own "started" is overwritten before the first poll
             self._emit(event)
 
@@ -305,7 +306,8 @@ class RayBackend:
             if job.attempt < self.max_attempts and not self._closed.is_set():
                 log.warning("%s: its worker died (%s); retrying (attempt %d of %d)", job.item.label,
                             type(exc).__name__, job.attempt + 1, self.max_attempts)
-                self._emit(ProgressEvent(job.item.index, "retrying", attempt=job.attempt + 1))
+                self._emit(ProgressEvent(job.item.index, "retrying", attempt=job.attempt + 1,
+                                         batch_id=job.item.batch_id))
                 with self._lock:
                     self._queue.appendleft(_Job(job.item, job.future, job.attempt + 1, started=True))
                 return

@@ -159,3 +159,14 @@ def all_errors() -> list[type[SadTalkerError]]:
         found.append(cls)
         pending[:0] = cls.__subclasses__()
     return sorted(found, key=lambda cls: cls.exit_status)
+
+
+def error_for(code: str, message: str, option: str | None = None) -> SadTalkerError:
+    """The named error whose code is `code`: how an error that crossed a process boundary as (code, message)
+    (a Ray worker's item result) is raised again on this side."""
+    for cls in all_errors():
+        if cls.code == code:
+            return cls(message, option=option)
+    error = SadTalkerError(message, option=option)
+    error.code = code
+    return error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import signal
@@ -44,8 +45,10 @@ def _free_port() -> int:
 class Server:
     """One `python -m sadtalker serve` process."""
 
-    def __init__(self, folder: Path, checkpoints: Path, allowed: Path, *, auth: bool = True):
+    def __init__(self, folder: Path, checkpoints: Path, allowed: Path, *, auth: bool = True,
+                 extra_args: tuple[str, ...] = ()):
         self.folder, self.checkpoints, self.allowed, self.auth = folder, checkpoints, allowed, auth
+        self.extra_args = extra_args
         self.outputs = folder / "outputs"
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -58,6 +61,7 @@ class Server:
                    "--max-body-mb", str(MAX_BODY_MB), "--allow-paths", str(self.allowed)]
         if self.auth:
             command += ["--api-auth", ",".join(f"{u}:{p}" for u, p in USERS.items())]
+        command += list(self.extra_args)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.log = open(self.folder / f"server-{port}.log", "wb")
         self.process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -399,3 +403,74 @@ def test_batch_with_a_bad_item_survives_a_killed_server(server, inputs, tmp_path
     assert leftovers == []
     published = sorted(p.name for day in days_of_this_run() for p in (restarted.outputs / day).glob("*.mp4"))
     assert {"astronaut__hello.mp4", "second.mp4", "fourth.mp4"} <= set(published)
+
+
+def test_serve_on_ray_runs_an_api_job_through_a_ray_worker(tmp_path_factory, fake_checkpoints, inputs, tmp_path):
+    """`serve --ray local`: a job's items are rendered by a Ray actor (the video's record names a worker process
+    that is not the server), per-item progress shows while it runs, a faceless item gets its named error,
+    POST /generate goes through Ray too (its named error crosses back as the same HTTP answer), and cancelling a
+    job stops its running item on the worker and writes nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the Ray backend is optional: pip install 'sd-webui-sadtalker[ray]'")
+    srv = Server(tmp_path_factory.mktemp("api-ray"), fake_checkpoints, inputs["allowed"],
+                 extra_args=("--ray", "local", "--workers", "1", "--threads", "2")).start()
+    try:
+        with srv.client() as client:
+            created = client.post("/jobs", json={"options": DLIB, "items": [
+                {"image_path": "astronaut.jpg", "audio_path": "hello.wav", "name": "on ray"},
+                {"image": b64(inputs["blank"]), "audio": b64(inputs["speech"]), "name": "no face"}]})
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            running = _wait(client, job_id, lambda j: j["items"][0]["stage"] == "render")
+            assert 0.15 <= running["items"][0]["progress"] < 1.0
+            job = _wait(client, job_id, lambda j: j["state"] not in ("queued", "running"))
+            assert [i["state"] for i in job["items"]] == ["done", "failed"], job
+            assert job["items"][1]["error"]["code"] == "no_face"
+            saved = Path(job["items"][0]["path"])
+            record = json.loads(saved.with_suffix(".json").read_text())
+            assert record["batch"] == {"id": job_id, "item": 0}
+            worker_pid = int(record["worker"].rsplit(":", 1)[1])
+            assert worker_pid != srv.process.pid and worker_pid in _descendants(srv.process.pid)
+            video = client.get(f"/jobs/{job_id}/items/0/video")
+            assert video.status_code == 200
+            _assert_video(video.content, tmp_path)
+
+            refused = client.post("/generate", json={"image": b64(inputs["blank"]), "audio": b64(inputs["speech"]),
+                                                     "options": DLIB})
+            assert refused.status_code == 422 and refused.json()["error"]["code"] == "no_face", refused.text
+
+            item = {"image_path": "astronaut.jpg", "audio_path": "hello.wav", "name": "cancelled on ray",
+                    "options": {"face_detector": "dlib", "batch_size": 1}}
+            created = client.post("/jobs", json={"items": [item, item]})
+            job_id = created.json()["id"]
+            _wait(client, job_id, lambda j: j["items"][0]["stage"] == "render")
+            assert client.delete(f"/jobs/{job_id}").status_code == 200  # ray.cancel reaches the running item
+            job = _wait(client, job_id, lambda j: j["items"][0]["state"] != "running")
+            assert [i["state"] for i in job["items"]] == ["cancelled", "cancelled"], job
+        written = sorted(p.name for day in srv.outputs.iterdir() if not day.name.startswith(".")
+                         for p in day.iterdir())  # hidden .part files included
+        assert written == ["on ray.json", "on ray.mp4"]
+        assert "Traceback" not in srv.read_log()
+    finally:
+        srv.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Ray's raylet starts the actors' worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, pending = set(), [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found

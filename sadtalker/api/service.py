@@ -31,6 +31,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic
 
 from .. import __version__
+from ..audio import FPS
+from ..batch import BatchBackend
 from ..errors import Cancelled, InvalidInput, SadTalkerError
 from ..host import Host
 from ..options import GenerateOptions, option_specs
@@ -196,12 +198,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 class ApiService:
     """The routes, the job store and the worker, around one Host."""
 
-    def __init__(self, host: Host, settings: ApiSettings):
+    def __init__(self, host: Host, settings: ApiSettings, backend: BatchBackend | None = None):
         self.host = host
         self.settings = settings
         self.store = JobStore(settings.data_dir / "jobs.sqlite3")
         self.inputs_dir = settings.data_dir / "inputs"
-        self.runner = JobRunner(host, self.store, self.inputs_dir)
+        self.runner = JobRunner(host, self.store, self.inputs_dir, backend)
         self._models_cache: tuple[Any, models.ModelsStatus] | None = None
         self._models_lock = threading.Lock()
         self.router = self._build_router()
@@ -340,14 +342,22 @@ class ApiService:
             scratch_root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
                 item = self._prepare(request, {}, Path(scratch), "", "input")
-                result = self.host.generate(item["image"], item["audio"], GenerateOptions.from_dict(item["options"]),
-                                            output_dir=None if body.save else Path(scratch),
-                                            output_stem=item["name"])
-                video = base64.b64encode(result.video.read_bytes()).decode("ascii") if body.send_video else None
-                return models.GenerateResponse(video=video, path=str(result.video) if body.save else None,
-                                               seed=result.seed, frames=result.num_frames, fps=result.fps,
+                options = GenerateOptions.from_dict(item["options"])
+                folder = self.host.output_folder() if body.save else Path(scratch)
+                if self.runner.backend is None:
+                    result = self.host.generate(item["image"], item["audio"], options, output_dir=folder,
+                                                output_stem=item["name"])
+                    video_file, frames, warnings, seconds = (result.video, result.num_frames, result.warnings,
+                                                             result.seconds)
+                else:
+                    done = self.runner.run_now(item["image"], item["audio"], options, folder, item["name"])
+                    result, video_file, frames, warnings, seconds = (done, done.video, done.frames,
+                                                                     list(done.warnings), done.stage_seconds)
+                video = base64.b64encode(video_file.read_bytes()).decode("ascii") if body.send_video else None
+                return models.GenerateResponse(video=video, path=str(video_file) if body.save else None,
+                                               seed=result.seed, frames=frames, fps=FPS,
                                                options={**item["options"], "seed": result.seed},
-                                               warnings=result.warnings, seconds=result.seconds)
+                                               warnings=warnings, seconds=seconds)
 
         @router.post("/jobs", status_code=202, response_model=models.JobCreated, dependencies=auth,
                      summary="A batch of videos, run one at a time in the background")
@@ -445,9 +455,10 @@ def register(app: FastAPI, host: Host, settings: ApiSettings) -> ApiService:
     return service
 
 
-def create_app(host: Host, settings: ApiSettings) -> FastAPI:
-    """The standalone server's app: the same routes, the worker started and stopped with the app."""
-    service = ApiService(host, settings)
+def create_app(host: Host, settings: ApiSettings, backend: BatchBackend | None = None) -> FastAPI:
+    """The standalone server's app: the same routes, the worker started and stopped with the app. With a batch
+    backend (a Ray cluster), items and POST /generate run there instead of in this process."""
+    service = ApiService(host, settings, backend)
     app = FastAPI(title="SadTalker API", version=__version__,
                   description="Talking-head videos from a photo and speech: one at a time or as batch jobs.")
     app.include_router(service.router)
