@@ -133,7 +133,11 @@ def _load_descriptor(path: Path):
         raise UnsupportedCheckpoint(f"{path.name} is not a face restorer that spandrel knows "
                                     f"(expected {', '.join(FACE_RESTORER_ARCHITECTURES)}; first keys: {sample})"
                                     ) from exc
-    except Exception as exc:  # a recognised layout whose tensors do not fit (shape mismatch)
+    except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+        # a recognised layout whose tensors do not fit: torch's strict load says "size mismatch" (RuntimeError),
+        # spandrel's detection reads shapes by key (KeyError, IndexError); running out of memory is not this
+        if not means_damaged_file(exc):
+            raise
         raise CorruptCheckpoint(f"{path.name}: the weights do not fit their network ({exc})") from exc
     arch = _architecture_id(descriptor)
     if arch not in FACE_RESTORER_ARCHITECTURES:

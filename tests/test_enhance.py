@@ -137,6 +137,15 @@ def test_non_face_restorer_files_are_rejected(tmp_path):
     with pytest.raises(CorruptCheckpoint):
         SpandrelEnhancer(truncated)
 
+    with torch.device("meta"):
+        layout = gfpgan_v14()
+    misfit = random_state(layout)
+    key = "stylegan_decoder.to_rgbs.3.modulated_conv.weight"
+    misfit[key] = torch.zeros(*[d + 1 for d in misfit[key].shape])
+    torch.save({"params_ema": misfit}, tmp_path / "misfit.pth")
+    with pytest.raises(CorruptCheckpoint, match="do not fit their network"):
+        SpandrelEnhancer(tmp_path / "misfit.pth")
+
     with pytest.raises(MissingWeights, match="GFPGANv1.4.pth"):
         SpandrelEnhancer.from_folder("gfpgan", tmp_path / "empty")
     with pytest.raises(InvalidInput, match="unknown face enhancer"):
