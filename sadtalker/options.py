@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 from .errors import InvalidInput
 
 Preprocess = Literal["crop", "extcrop", "resize", "full", "extfull"]
+PREPROCESS_MODES: tuple[str, ...] = get_args(Preprocess)
 Enhancer = Literal["none", "gfpgan", "restoreformer", "codeformer"]
 FaceDetectorName = Literal["facexlib", "face-alignment", "dlib"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]

@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import get_args
 
 import numpy as np
 
 from .errors import InvalidInput
 from .motion import COEFF_SIZE, EXP, POSE, SOURCE_COEFF_SIZE, coeff_rows, source_row
-from .options import GenerateOptions, Preprocess
+from .options import PREPROCESS_MODES, GenerateOptions
 
 SEMANTIC_RADIUS = 13  # a window holds frames t-13 .. t+13
-PREPROCESS_MODES = get_args(Preprocess)
 
 
 

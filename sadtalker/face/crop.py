@@ -19,8 +19,7 @@ import numpy as np
 
 from sadtalker.errors import InvalidInput, NoFaceDetected
 from sadtalker.image import rgb_image
-
-PREPROCESS_MODES = ("crop", "extcrop", "resize", "full", "extfull")
+from sadtalker.options import PREPROCESS_MODES
 
 FACE_SIZE = 256
 """Side of the square face image the renderer and the landmark re-detection use."""
