@@ -1,7 +1,9 @@
 """Benchmark: seconds per stage (and per frame), the renderer's achieved GFLOP/s, memory, and the fast mode's
 quality, for a given audio length. The one place where speed is measured.
 
-Model loading is its own stage (`load`), never part of a work stage. Rendering is the only stage whose cost per
+Model loading is timed apart (`load-*` rows), never as part of a work stage, and happens in the order `generate`
+loads: each stage's models just before it, the once-per-video networks released before the renderer is loaded,
+so the peak RSS is the one a real run reaches. Rendering is the only stage whose cost per
 frame matters on a CPU, so `frames` limits how many frames are rendered: one more is rendered first as a warm-up
 (it also prepares the source: keypoints and the appearance volume, once per video) and is reported apart. The
 encoder is then fed the rendered frames over and over for the clip's full length, which measures its speed and
@@ -43,6 +45,7 @@ class StageTiming:
     cpu_seconds: float
     rss_mb_after: float
     seconds_per_frame: float | None = None
+    peak_rss_mb_after: float = 0.0  # the run's peak so far: the stage that raised it shows where the peak is
 
 
 @dataclass
@@ -70,17 +73,20 @@ class BenchReport:
     stages: dict[str, StageTiming] = field(default_factory=dict)
     render: RenderTiming | None = None
     peak_rss_mb: float = 0.0  # peak of the whole run, before any quality check
+    rss_mb_start: float = 0.0  # before any model is loaded: the cost of the process, torch and its libraries
     quality: dict[str, float] | None = None  # psnr_db, max_abs_u8 of the rendered frames vs fp32
 
     def table(self) -> str:
         lines = [f"audio {self.audio_seconds:.1f} s = {self.frames} frames; size {self.size}, batch "
                  f"{self.batch_size}, {self.threads} threads, {self.device}, precision {self.precision} "
-                 f"({self.compute_dtype}); models loaded in {self.load_seconds:.2f} s",
-                 f"{'stage':8} {'seconds':>9} {'cpu s':>9} {'s/frame':>9} {'RSS after (MB)':>15}"]
+                 f"({self.compute_dtype}); models loaded in {self.load_seconds:.2f} s; RSS before loading "
+                 f"{self.rss_mb_start:.0f} MB",
+                 f"{'stage':12} {'seconds':>9} {'cpu s':>9} {'s/frame':>9} {'RSS after (MB)':>15} "
+                 f"{'peak so far':>12}"]
         for name, stage in self.stages.items():
             per_frame = f"{stage.seconds_per_frame:9.3f}" if stage.seconds_per_frame is not None else f"{'':9}"
-            lines.append(f"{name:8} {stage.seconds:9.2f} {stage.cpu_seconds:9.2f} {per_frame} "
-                         f"{stage.rss_mb_after:15.0f}")
+            lines.append(f"{name:12} {stage.seconds:9.2f} {stage.cpu_seconds:9.2f} {per_frame} "
+                         f"{stage.rss_mb_after:15.0f} {stage.peak_rss_mb_after:12.0f}")
         if self.render is not None:
             r = self.render
             lines.append(f"render: {r.seconds_per_frame:.3f} s per frame over {r.frames} frames (warm-up frame "
@@ -126,13 +132,19 @@ def synthetic_speech(seconds: float, sample_rate: int = audio_stage.SAMPLE_RATE,
     return (0.2 * envelope * voiced + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def load_models(pipeline: SadTalkerPipeline, options: GenerateOptions) -> None:
-    """Load everything a generation with `options` uses, so that no work stage includes loading."""
-    pipeline._detector(options.face_detector)
-    pipeline.models.face3d(options.size)
-    pipeline.models.audio_nets(options.size)
-    pipeline.models.renderer(options.size, options.preprocess, options.precision)
-    if options.enhancer != "none":
+def load_models(pipeline: SadTalkerPipeline, options: GenerateOptions, stage: str) -> None:
+    """Load what the work stage `stage` (face, motion, render, finish) of a generation with `options` uses, as
+    `generate` does on its way there, so that no work stage includes loading."""
+    models = pipeline.models
+    if stage == "face":
+        pipeline._detector(options.face_detector)
+        models.face3d(options.size)
+    elif stage == "motion":
+        models.audio_nets(options.size)
+    elif stage == "render":
+        models.release_once_per_video()
+        models.renderer(options.size, options.preprocess, options.precision)
+    elif stage == "finish" and options.enhancer != "none":
         pipeline._enhancer(options.enhancer)
 
 
@@ -148,19 +160,29 @@ def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, 
         value = work()
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
         stages[name] = StageTiming(seconds, cpu_seconds, current_rss_mb(),
-                                   seconds / per_frame_count if per_frame_count else None)
+                                   seconds / per_frame_count if per_frame_count else None, peak_rss_mb())
         return value
 
-    start = time.perf_counter()
-    load_models(pipeline, options)
-    load_seconds = time.perf_counter() - start
-    renderer = pipeline.models.renderer(options.size, options.preprocess, options.precision)
-    compute_dtype = str(renderer.compute_dtype).removeprefix("torch.")
+    def load(stage: str) -> None:
+        timed(f"load-{stage}", lambda: load_models(pipeline, options, stage))
 
+    gc.collect()
+    rss_start = current_rss_mb()
+    load("face")
     source = timed("face", lambda: pipeline.prepare_source(image, options))
     wav = audio if audio is not None else synthetic_speech(audio_seconds)
     features = timed("audio", lambda: pipeline.prepare_audio(wav, options))
+    del wav
+    load("motion")
     sequence = timed("motion", lambda: pipeline.predict_motion(features, source, options, seed=0))
+    # as in generate: only the samples outlive the motion stage (written for the encoder, then dropped)
+    scratch = tempfile.TemporaryDirectory(prefix="sadtalker-bench-")
+    speech = Path(scratch.name) / "speech.wav"
+    soundfile.write(speech, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
+    del features
+    load("render")
+    renderer = pipeline.models.renderer(options.size, options.preprocess, options.precision)
+    compute_dtype = str(renderer.compute_dtype).removeprefix("torch.")
     total = sequence.num_frames
     timed_frames = total if frames is None else max(1, min(total - 1, frames))
     warm_up = 0 if frames is None else 1
@@ -168,24 +190,28 @@ def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, 
     rendered: list[np.ndarray] = []
     gc.collect()
     stream = pipeline.render_frames(source, sequence, options)
-    first_start = time.perf_counter()
+    first_start, first_cpu = time.perf_counter(), time.process_time()
     rendered.extend(islice(stream, warm_up))
     first_frame_seconds = time.perf_counter() - first_start
+    if warm_up:  # the source preparation (keypoints, appearance volume) and the first frame: where the peak is
+        stages["warm-up"] = StageTiming(first_frame_seconds, time.process_time() - first_cpu, current_rss_mb(),
+                                        None, peak_rss_mb())
     wall, cpu = time.perf_counter(), time.process_time()
     rendered.extend(islice(stream, timed_frames))
     render_seconds, render_cpu = time.perf_counter() - wall, time.process_time() - cpu
     stream.close()
-    stages["render"] = StageTiming(render_seconds, render_cpu, current_rss_mb(), render_seconds / timed_frames)
+    stages["render"] = StageTiming(render_seconds, render_cpu, current_rss_mb(), render_seconds / timed_frames,
+                                   peak_rss_mb())
     gflop = RENDER_GFLOP_PER_FRAME.get(options.size, RENDER_GFLOP_PER_FRAME[256] * (options.size / 256) ** 2)
     render = RenderTiming(frames=timed_frames, seconds=render_seconds, cpu_seconds=render_cpu,
                           seconds_per_frame=render_seconds / timed_frames, first_frame_seconds=first_frame_seconds,
                           gflop_per_frame=gflop, gflop_per_second=gflop * timed_frames / render_seconds)
 
+    if options.enhancer != "none":
+        load("finish")
     finished = timed("finish", lambda: list(pipeline.finish_frames(iter(rendered), source, options)), len(rendered))
-    with tempfile.TemporaryDirectory(prefix="sadtalker-bench-") as scratch:
-        speech = Path(scratch) / "speech.wav"
-        soundfile.write(speech, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
-        target = output or Path(scratch) / "bench.mp4"
+    with scratch:
+        target = output or Path(scratch.name) / "bench.mp4"
 
         def encode():
             height, width = finished[0].shape[:2]
@@ -196,6 +222,7 @@ def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, 
         timed("encode", encode, total)
     del finished
     peak = peak_rss_mb()
+    load_seconds = sum(stage.seconds for name, stage in stages.items() if name.startswith("load-"))
 
     quality = None
     if check_quality:
@@ -208,7 +235,8 @@ def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, 
     return BenchReport(audio_seconds=total / options.fps, frames=total, size=options.size,
                        batch_size=options.batch_size, threads=torch.get_num_threads(),
                        device=str(pipeline.models.device), precision=options.precision, compute_dtype=compute_dtype,
-                       load_seconds=load_seconds, stages=stages, render=render, peak_rss_mb=peak, quality=quality)
+                       load_seconds=load_seconds, stages=stages, render=render, peak_rss_mb=peak, quality=quality,
+                       rss_mb_start=rss_start)
 
 
 def report_json(report: BenchReport) -> str:

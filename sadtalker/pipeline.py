@@ -412,6 +412,11 @@ class SadTalkerPipeline:
         sequence = self.predict_motion(features, source, options, seed, references)
         if intermediates_dir is not None:
             _save_intermediates(Path(intermediates_dir), source, sequence, features, references)
+        # Rendering needs none of the audio features: the mel windows alone are 37 MB at 5 minutes of speech, so
+        # holding them would make the run's peak grow with the audio's length. Only the 16 kHz samples are kept,
+        # and only where they are the video's sound (samples given as an array, idle mode).
+        samples = None if isinstance(audio, (str, Path)) else features.wav
+        del features
         target = Path(output) if output is not None else unique_output_path(
             Path(output_dir or "."), output_stem(image, audio))
         metadata = {"generator": "sd-webui-sadtalker", "options": options.to_dict(), "seed": seed,
@@ -421,8 +426,9 @@ class SadTalkerPipeline:
             # The user's own sound goes into the video (its rate and channels, cut or padded to the video); the
             # 16 kHz mono copy is only for analysis. Samples given as an array, and idle mode, have nothing else.
             sound = Path(audio) if isinstance(audio, (str, Path)) else Path(scratch) / "speech.wav"
-            if not isinstance(audio, (str, Path)):
-                soundfile.write(sound, features.wav, audio_stage.SAMPLE_RATE, subtype="PCM_16")
+            if samples is not None:
+                soundfile.write(sound, samples, audio_stage.SAMPLE_RATE, subtype="PCM_16")
+                del samples
             frames = self.finish_frames(self.render_frames(source, sequence, options, run), source, options)
             first = next(frames)
             with VideoWriter(target, (first.shape[1], first.shape[0]), fps=options.fps, audio_path=sound,

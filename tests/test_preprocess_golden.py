@@ -105,10 +105,29 @@ def test_mel_and_windows_from_the_golden_wav(resampled, name):
 
 
 def test_resampling_without_resampy_names_the_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "resampy", None)  # import resampy -> ImportError
-    with pytest.raises(MissingDependency, match="resampy"):
-        audio.load_audio(audio_input("speech_8k_mono"))
-    assert audio.resample(np.ones(640, np.float32), 16000).shape == (640,)  # 16 kHz needs no resampling
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "resampy" else find_spec(name, *a))
+    audio._kaiser_best_table.cache_clear()
+    try:
+        with pytest.raises(MissingDependency, match="resampy"):
+            audio.load_audio(audio_input("speech_8k_mono"))
+        assert audio.resample(np.ones(640, np.float32), 16000).shape == (640,)  # 16 kHz needs no resampling
+    finally:
+        audio._kaiser_best_table.cache_clear()
+
+
+def test_resampling_leaves_numba_unloaded():
+    """resampy's numba kernels stay out of the process (about 100 MB resident once compiled, for good): only its
+    filter table is read. The exact result is test_resampling_is_the_official_one's."""
+    import subprocess
+
+    code = ("import sys; from sadtalker import audio; audio.load_audio(sys.argv[1]); "
+            "print(sorted(m for m in ('numba', 'llvmlite', 'resampy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(audio_input("speech_48k_mono"))], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------------------- source images
