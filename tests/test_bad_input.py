@@ -335,11 +335,15 @@ def run_api(kit: Kit, job: Job, out: Path, limit: int | None) -> Outcome:
     image, audio = job.image or kit.portrait, job.audio or kit.speech
     body = {"image": b64(image.read_bytes()), "audio": b64(audio.read_bytes()),
             "options": {**BASE_OPTIONS, **job.options}, "send_video": False}
+    log_file = Path(server.log.name)
+    said_before = log_file.stat().st_size
     try:
         with server.client(auth=None) as client:
             response = client.post("/generate", json=body)
             serving = client.get("/version").status_code
-        log = server.read_log()
+        server.log.flush()
+        with open(log_file, "rb") as log_text:  # what the server said during this case only
+            log = log_text.read()[said_before:].decode("utf-8", "replace")
     finally:
         if models != kit.checkpoints:
             server.stop()
