@@ -134,6 +134,9 @@ def _run(args: Sequence[str], what: str, check: bool = True) -> subprocess.Compl
 # -- probing --------------------------------------------------------------------------------------------------
 
 
+_AAC_LAYOUTS = "mono|stereo|3.0|4.0|5.0|5.1|7.1"
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What ffmpeg reports about a media file. `width`/`height` are the displayed size (after rotation).
@@ -579,7 +582,10 @@ class VideoWriter:
     def _mux(self) -> None:
         duration = f"{self.frames_written / self.fps:.6f}"
         audio_in = ["-i", str(self.audio_path)] if self.audio_path else []
-        audio_out = ["-map", "1:a:0", "-af", "apad", "-c:a", "aac", "-b:a", "128k"] if self.audio_path else []
+        # a WAVE_FORMAT_EXTENSIBLE file may declare a layout the AAC encoder refuses (mono as "FL" alone): take the
+        # nearest one it knows; an ordinary file's layout is among them and stays as it is
+        audio_out = ["-map", "1:a:0", "-af", f"aformat=channel_layouts={_AAC_LAYOUTS},apad", "-c:a", "aac",
+                     "-b:a", "128k"] if self.audio_path else []
         _run([ffmpeg_executable(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
               "-i", str(self._video_part), *audio_in, "-map", "0:v:0", "-c:v", "copy", *audio_out,
               "-t", duration, "-metadata", f"{PARAMETERS_TAG}={self.parameters_json}",

@@ -1,4 +1,5 @@
-"""The HTTP API against a real server: `python -m sadtalker serve` in a subprocess on 127.0.0.1, httpx as client.
+"""The HTTP API against a real server: `python -m sadtalker serve` in a subprocess on 127.0.0.1, httpx as client
+(tests/api_server.py).
 
 Fake official checkpoints, a real photo (JPEG), real speech (espeak-ng, 3 frames), the dlib detector, real ffmpeg.
 Renders cost seconds per frame, so every clip is 3 frames and the batch, kill and restart story is one job.
@@ -7,132 +8,17 @@ Renders cost seconds per frame, so every clip is 3 frames and the batch, kill an
 from __future__ import annotations
 
 import base64
-import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pydantic
 import pytest
-import soundfile
 
-from sadtalker import audio as audio_stage
-from sadtalker.video import probe
+from api_server import (AUTH, DLIB, FRAMES, MAX_BODY_MB, USERS, V1, Server, _assert_video, _job, _wait,  # noqa: F401
+                        b64, inputs)  # inputs: a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-FRAMES = 3
-USERS = {"alice": "s3cret", "bob": "hunter2"}
-AUTH = ("alice", "s3cret")
-MAX_BODY_MB = 2
-V1 = "/sadtalker/v1"
 skimage_data = pytest.importorskip("skimage.data")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One `python -m sadtalker serve` process."""
-
-    def __init__(self, folder: Path, checkpoints: Path, allowed: Path, *, auth: bool = True,
-                 extra_args: tuple[str, ...] = ()):
-        self.folder, self.checkpoints, self.allowed, self.auth = folder, checkpoints, allowed, auth
-        self.extra_args = extra_args
-        self.outputs = folder / "outputs"
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self) -> Server:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "sadtalker", "serve", "--port", str(port), "--checkpoints",
-                   str(self.checkpoints), "--outputs", str(self.outputs), "--no-download",
-                   "--max-body-mb", str(MAX_BODY_MB), "--allow-paths", str(self.allowed)]
-        if self.auth:
-            command += ["--api-auth", ",".join(f"{u}:{p}" for u, p in USERS.items())]
-        command += list(self.extra_args)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.log = open(self.folder / f"server-{port}.log", "wb")
-        self.process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited ({self.process.returncode}):\n{self.read_log()}")
-            try:
-                httpx.get(self.url + V1 + "/version", timeout=2)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        pytest.fail("the server did not answer within 180 s:\n" + self.read_log())
-
-    def read_log(self) -> str:
-        self.log.flush()
-        return (self.folder / Path(self.log.name).name).read_text(errors="replace")[-3000:]
-
-    def client(self, auth=AUTH) -> httpx.Client:
-        return httpx.Client(base_url=self.url + V1, auth=auth, timeout=900)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
-
-
-# -- inputs -------------------------------------------------------------------------------------------------
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict:
-    """Photo (JPEG), a photo without a face, 3 frames of real speech; copies in the server's allowed folder."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is not installed (tools/setup-test-env.sh installs it)")
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("api-inputs")
-    allowed = folder / "allowed"
-    allowed.mkdir()
-    photo = io.BytesIO()
-    Image.fromarray(skimage_data.astronaut()).save(photo, "JPEG", quality=90)
-    blank = io.BytesIO()
-    Image.new("RGB", (256, 256), (128, 128, 128)).save(blank, "JPEG")
-    raw = folder / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "Hello there, talking head."],
-                   check=True, capture_output=True)
-    wav = audio_stage.load_audio(raw)
-    window = FRAMES * audio_stage.SAMPLES_PER_FRAME
-    start = int(np.argmax(np.convolve(wav**2, np.ones(window), mode="valid")))
-    speech = io.BytesIO()
-    soundfile.write(speech, wav[start:start + window], 16000, format="WAV", subtype="PCM_16")
-    (allowed / "astronaut.jpg").write_bytes(photo.getvalue())
-    (allowed / "hello.wav").write_bytes(speech.getvalue())
-    outside = folder / "outside"
-    outside.mkdir()
-    (outside / "secret.wav").write_bytes(speech.getvalue())
-    (allowed / "escape.wav").symlink_to(outside / "secret.wav")
-    return {"photo": photo.getvalue(), "blank": blank.getvalue(), "speech": speech.getvalue(), "allowed": allowed,
-            "outside": outside}
 
 
 @pytest.fixture(scope="module")
@@ -141,32 +27,6 @@ def server(tmp_path_factory, fake_checkpoints, inputs):
     holder = {"server": instance}
     yield holder
     holder["server"].stop()
-
-
-def _job(client: httpx.Client, job_id: str) -> dict:
-    response = client.get(f"/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _wait(client: httpx.Client, job_id: str, until, timeout: float = 1800) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = _job(client, job_id)
-        if until(job):
-            return job
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not get there in {timeout} s: {job}")
-
-
-def _assert_video(data: bytes, folder: Path, name: str = "check.mp4") -> None:
-    path = folder / name
-    path.write_bytes(data)
-    info = probe(path)
-    assert info.video_codec == "h264" and info.frames == FRAMES, info
-
-
-DLIB = {"face_detector": "dlib", "batch_size": 3}
 
 
 # -- tests --------------------------------------------------------------------------------------------------
@@ -223,6 +83,11 @@ def test_options_models_version(server):
     assert version["api"] == "v1" and version["version"]
     assert version["pydantic"] == pydantic.VERSION  # the server runs in this environment (pydantic 1 or 2)
     assert {f"{V1}/generate", f"{V1}/jobs", f"{V1}/jobs/{{job_id}}"} <= set(schema["paths"])
+    # ranges and choices are in the schema, though GenerateOptions is what checks them
+    documented = schema["components"]["schemas"]["SadTalkerOptions"]["properties"]
+    assert documented["pose_style"]["minimum"] == 0 and documented["pose_style"]["maximum"] == 45
+    assert documented["preprocess"]["enum"] == by_name["preprocess"]["choices"]
+    assert documented["size"]["enum"] == [256, 512] and documented["size"]["type"] == "integer"
 
 
 def test_openapi_beside_another_apps_options_model(tmp_path):
@@ -256,15 +121,21 @@ def _bad_payloads(inputs) -> list[tuple[str, str, str, object, int, str]]:
     cases = [
         ("bad base64", "post", "/generate", {**ok, "image": "this is not base64!"}, 422, "bad_base64"),
         ("data URL without base64", "post", "/generate", {**ok, "image": "data:image/png,abc"}, 422, "bad_base64"),
-        ("empty base64", "post", "/generate", {**ok, "audio": ""}, 422, "bad_base64"),
+        # empty is valid base64 of an empty file: named as the command line names an empty file
+        ("empty audio", "post", "/generate", {**ok, "audio": ""}, 422, "bad_audio"),
+        ("empty image", "post", "/generate", {**ok, "image": "data:image/png;base64,"}, 422, "bad_image"),
         ("image is a number", "post", "/generate", {**ok, "image": 123}, 422, "invalid_request"),
         ("pose_style as text", "post", "/generate", {**ok, "options": {"pose_style": "3"}}, 422, "invalid_request"),
         ("seed not whole", "post", "/generate", {**ok, "options": {"seed": 1.5}}, 422, "invalid_request"),
         ("still as 1", "post", "/generate", {**ok, "options": {"still": 1}}, 422, "invalid_request"),
+        # a value out of range is the same error as on the command line and in the UI (GenerateOptions checks it)
         ("pose_style out of range", "post", "/generate", {**ok, "options": {"pose_style": 99}}, 422,
-         "invalid_request"),
+         "invalid_input"),
         ("unknown preprocess", "post", "/generate", {**ok, "options": {"preprocess": "zoom"}}, 422,
-         "invalid_request"),
+         "invalid_input"),
+        ("size 384", "post", "/generate", {**ok, "options": {"size": 384}}, 422, "invalid_input"),
+        ("size as text", "post", "/generate", {**ok, "options": {"size": "256"}}, 422, "invalid_request"),
+        ("yaw out of range", "post", "/generate", {**ok, "options": {"yaw": [0, 900]}}, 422, "invalid_input"),
         ("unknown enhancer", "post", "/generate", {**ok, "options": {"enhancer": "magic"}}, 422, "invalid_input"),
         ("options not an object", "post", "/generate", {**ok, "options": [1, 2]}, 422, "invalid_request"),
         ("unknown option", "post", "/generate", {**ok, "options": {"pose": 1}}, 422, "invalid_request"),
@@ -280,7 +151,7 @@ def _bad_payloads(inputs) -> list[tuple[str, str, str, object, int, str]]:
         ("item without audio", "post", "/jobs", {"items": [{"image": photo}]}, 422, "invalid_request"),
         ("bad base64 in item 1", "post", "/jobs", {"items": [ok, {**ok, "audio": "%%%"}]}, 422, "bad_base64"),
         ("item option out of range", "post", "/jobs", {"items": [{**ok, "options": {"expression_scale": 9}}]},
-         422, "invalid_request"),
+         422, "invalid_input"),
         ("file not in allowed folder", "post", "/generate", {"image": photo, "audio_path": "missing.wav"}, 422,
          "file_not_found"),
         ("unknown job", "get", "/jobs/0123456789abcdef", None, 404, "unknown_job"),
@@ -305,6 +176,13 @@ def _bad_payloads(inputs) -> list[tuple[str, str, str, object, int, str]]:
     return cases
 
 
+def test_messages_lose_paths_outside_the_outputs_but_keep_slashes_between_words(tmp_path):
+    from sadtalker.api.inputs import redact
+
+    said = redact(f"mapping net (crop / extcrop / resize) in /srv/models/m.pth; see {tmp_path}/a.mp4", tmp_path)
+    assert said == f"mapping net (crop / extcrop / resize) in m.pth; see {tmp_path}/a.mp4"
+
+
 def test_malformed_payloads_answer_4xx_and_the_server_keeps_serving(server, inputs):
     srv = server["server"]
     hidden = str(inputs["outside"].parent)
@@ -320,6 +198,8 @@ def test_malformed_payloads_answer_4xx_and_the_server_keeps_serving(server, inpu
             error = response.json()["error"]
             assert error["code"] == code, f"{case}: {error}"
             assert len(error["message"]) > 10 and hidden not in error["message"], f"{case}: {error}"
+            if code == "invalid_input" and "options" in str(body):
+                assert "options." in error["message"] and " must be " in error["message"], f"{case}: {error}"
         not_json = client.post("/generate", content=b"{not json", headers={"content-type": "application/json"})
         assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_json"
         oversized = client.post("/generate", json={"image": "A" * (MAX_BODY_MB * 2**20 + 1000), "audio": "AAAA"})

@@ -13,7 +13,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (schemathesis brings hypothesis)
 
-from test_api import AUTH, Server  # noqa: E402
+from api_server import AUTH, Server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

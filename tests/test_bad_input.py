@@ -1,9 +1,15 @@
 """Runs the table of tests/bad_inputs.py through each front end and checks the same promises for every case.
 
-Runners: "cli" (`python -m sadtalker ...` in a subprocess) and "host" (`Host.generate`, the call the UI and the
+Runners: "cli" (`python -m sadtalker ...` in a subprocess), "host" (`Host.generate`, the call the UI and the
 API both make; one Host for the whole table, so a failure that poisons it shows in later cases and in
-test_host_still_serves_after_the_table). To add the UI or the API: write `run_ui(kit, job) -> Outcome` (or
-`run_api`) here, put it in RUNNERS, and add its name to the `runners` of the cases it applies to.
+test_host_still_serves_after_the_table) and "api" (POST /generate to a real `python -m sadtalker serve` on
+127.0.0.1: one server for the kit's models folder for the whole table, checked by
+test_api_server_still_serves_after_the_table; a case with its own models folder gets a server of its own).
+To add the UI: write `run_ui(kit, job, out, limit) -> Outcome` here, put it in RUNNERS, and add its name to the
+`runners` of the cases it applies to.
+
+The API's caller names no output folder (videos go to the server's outputs/<date>/), so for "api" the promises
+about the output folder (no partial file, earlier files unchanged) are checked on the server's outputs folder.
 
 Fast cases run by default; the whole table (success cases that render, too):
     PYTHONPATH=$PWD python -m pytest tests/test_bad_input.py -m "slow or not slow" -x
@@ -26,6 +32,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from api_server import Server, b64
 from bad_inputs import BASE_OPTIONS, CASES, SUCCESS, Case, Job, Kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +47,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     video: Path | None = None
     traceback: bool = False
-    exit_status: int | None = None  # the command line's
+    exit_status: int | None = None  # the command line's exit status; the API's HTTP status
     expected_status: int | None = None
     detail: str = ""  # everything said, for the failure report
 
@@ -264,7 +271,100 @@ def run_host(kit: Kit, job: Job, out: Path, limit: int | None) -> Outcome:
     return Outcome(None, warnings=list(result.warnings), video=result.video, detail=str(result))
 
 
-RUNNERS = {"cli": run_cli, "host": run_host}
+_API_SERVERS: dict[tuple[str, bool], Server] = {}
+_API_ROOT: list[Path] = []  # the session's temporary root: the servers live there, and it is their allowed folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _api_servers(tmp_path_factory):
+    _API_ROOT[:] = [tmp_path_factory.getbasetemp().resolve()]
+    yield
+    for server in _API_SERVERS.values():
+        server.stop()
+    _API_SERVERS.clear()
+
+
+def api_server_for(models: Path, allow_download: bool) -> Server:
+    """The server of a models folder, started on first use: one for the kit's good fakes serves the whole
+    table; a case's own models folder gets its own (stopped after the case, see run_api). Its day folder holds
+    the earlier files, as a case's output folder does."""
+    import datetime
+    import tempfile
+
+    key = (str(models), allow_download)
+    if key not in _API_SERVERS:
+        root = _API_ROOT[0]
+        folder = Path(tempfile.mkdtemp(prefix="api-server-", dir=root))
+        server = Server(folder, models, root, auth=False, download=allow_download, max_body_mb=64,
+                        data=folder / "jobs").start()
+        day = server.outputs / datetime.date.today().isoformat()
+        day.mkdir(parents=True, exist_ok=True)
+        for name, data in EARLIER.items():
+            (day / name).write_bytes(data)
+        _API_SERVERS[key] = server
+    return _API_SERVERS[key]
+
+
+def _api_outputs(kit: Kit, job: Job) -> Path:
+    return api_server_for(job.checkpoints or kit.checkpoints, job.allow_download).outputs.resolve()
+
+
+def _http_status_of(code: str) -> int | None:
+    """What the API must answer a named error with: 422 for what the request can fix, 503 for the server's setup."""
+    from sadtalker import errors
+
+    client = {cls.code for cls in _subclasses(errors.InvalidInput)}
+    setup = {cls.code for base in (errors.MissingWeights, errors.CorruptCheckpoint, errors.MissingDependency)
+             for cls in _subclasses(base)}
+    return 422 if code in client else 503 if code in setup else None
+
+
+def _subclasses(cls: type) -> list[type]:
+    found, stack = [], [cls]
+    while stack:
+        found.append(stack.pop())
+        stack += found[-1].__subclasses__()
+    return found
+
+
+def run_api(kit: Kit, job: Job, out: Path, limit: int | None) -> Outcome:
+    """POST /generate with the image and audio as base64 (what a client sends) and the options as JSON; a
+    reference video is a server-side path (the server allows the session's temporary folder)."""
+    models = job.checkpoints or kit.checkpoints
+    server = api_server_for(models, job.allow_download)
+    image, audio = job.image or kit.portrait, job.audio or kit.speech
+    body = {"image": b64(image.read_bytes()), "audio": b64(audio.read_bytes()),
+            "options": {**BASE_OPTIONS, **job.options}, "send_video": False}
+    log_file = Path(server.log.name)
+    said_before = log_file.stat().st_size
+    try:
+        with server.client(auth=None) as client:
+            response = client.post("/generate", json=body)
+            serving = client.get("/version").status_code
+        server.log.flush()
+        with open(log_file, "rb") as log_text:  # what the server said during this case only
+            log = log_text.read()[said_before:].decode("utf-8", "replace")
+    finally:
+        if models != kit.checkpoints:
+            server.stop()
+            del _API_SERVERS[(str(models), job.allow_download)]
+    detail = f"HTTP {response.status_code}: {response.text[:3000]}\nserver log: {log}"
+    assert serving == 200, f"the server stopped serving\n{detail}"
+    traceback = "Traceback" in response.text or "Traceback" in log
+    if response.status_code == 200:
+        answer = response.json()
+        return Outcome(None, warnings=answer["warnings"], video=Path(answer["path"]), traceback=traceback,
+                       exit_status=200, expected_status=200, detail=detail)
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return Outcome(f"UNNAMED (HTTP {response.status_code})", traceback=traceback, detail=detail)
+    return Outcome(error["code"], message=error["message"], traceback=traceback, exit_status=response.status_code,
+                   expected_status=_http_status_of(error["code"]), detail=detail)
+
+
+RUNNERS = {"cli": run_cli, "host": run_host, "api": run_api}
+OUTPUTS = {"api": _api_outputs}  # runner -> where its videos go, when that is not the case's output folder
 
 
 # -- the table --------------------------------------------------------------------------------------------------
@@ -273,6 +373,8 @@ def _params():
     for case in CASES:
         for runner in case.runners:
             fast = not case.slow and (runner != "cli" or case.cli_in_default or case.runners == ("cli",))
+            # through the API, a case that renders is slow (each server render is seconds of CPU); errors are cheap
+            fast = fast and (runner != "api" or case.expectation(runner).code is not SUCCESS)
             marks = [] if fast else [pytest.mark.slow]
             yield pytest.param(case, runner, id=f"{case.row.replace(' ', '-')}:{case.id}:{runner}", marks=marks)
 
@@ -294,11 +396,12 @@ def test_case(case: Case, runner: str, assets, tmp_path):
     models = job.checkpoints or kit.checkpoints
     models_before = {p.name: p.stat().st_size for p in models.rglob("*") if p.is_file()}
     with prepared(job, kit) as (out, limit):
-        earlier = _files_under(out)
+        watched = OUTPUTS[runner](kit, job) if runner in OUTPUTS else out
+        earlier = _files_under(watched)
         started = time.monotonic()
         outcome = RUNNERS[runner](kit, job, out, limit)
         seconds = time.monotonic() - started
-        after = _files_under(out)
+        after = _files_under(watched)
     shown = outcome.code or "ok"
     said = outcome.message.splitlines()[0] if outcome.message else "; ".join(outcome.warnings)
     OBSERVED.append((f"{case.row}: {case.id}", runner, expect.code or "ok", f"{shown} ({seconds:.0f} s): {said}"))
@@ -311,10 +414,13 @@ def test_case(case: Case, runner: str, assets, tmp_path):
         assert outcome.exit_status == outcome.expected_status, report
     if expect.code is SUCCESS:
         assert outcome.video is not None and outcome.video.is_file(), report
-        assert outcome.video.parent == out and outcome.video.name not in earlier, report
+        # the command line and the host write where they are told; the API into the server's outputs/<date>/
+        assert outcome.video.parent == (out if watched == out else watched / outcome.video.parent.name), report
+        video = outcome.video.relative_to(watched)
+        assert str(video) not in earlier, report
         for piece in expect.pieces:
             assert any(piece in warning for warning in outcome.warnings), report
-        new = {outcome.video.name, outcome.video.with_suffix(".json").name}
+        new = {str(video), str(video.with_suffix(".json"))}
     else:
         assert all(piece in outcome.message for piece in expect.pieces), report
         assert expect.multiline or len(outcome.message.strip().splitlines()) == 1, report
@@ -322,7 +428,7 @@ def test_case(case: Case, runner: str, assets, tmp_path):
     # no partial output, no earlier output changed (hidden .part files included: rglob sees dot-files)
     assert set(after) == set(earlier) | new, report
     assert all(after[name] == data for name, data in earlier.items()), report
-    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name], report
+    assert not [p for folder in {tmp_path, watched} for p in folder.rglob("*") if ".part" in p.name], report
     if job.command == "generate":  # generate never writes into the models folder unless it downloads
         assert {p.name: p.stat().st_size for p in models.rglob("*") if p.is_file()} == models_before, report
     if job.after is not None:
@@ -337,6 +443,19 @@ def test_host_still_serves_after_the_table(assets, tmp_path):
     result = host.generate(assets["portrait"], assets["speech"], GenerateOptions.from_dict(BASE_OPTIONS),
                            output_dir=tmp_path)
     assert result.video.is_file() and result.num_frames == 3
+
+
+def test_api_server_still_serves_after_the_table(assets):
+    """The server every "api" case above went to (errors and all) still makes a good video."""
+    server = api_server_for(assets["checkpoints"], False)
+    assert server.process.poll() is None, server.read_log()
+    body = {"image": b64(assets["portrait"].read_bytes()), "audio": b64(assets["speech"].read_bytes()),
+            "options": BASE_OPTIONS, "send_video": False}
+    with server.client(auth=None) as client:
+        response = client.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["frames"] == 3 and Path(answer["path"]).is_file()
 
 
 def _write_observed() -> None:

@@ -60,6 +60,24 @@ def top_level_boxes(path) -> list[str]:
     return boxes
 
 
+def test_a_mono_wave_format_extensible_file_is_muxed(tmp_path):
+    """Pro recorders write mono as WAVE_FORMAT_EXTENSIBLE with the channel mask "front left"; AAC has no such
+    layout, and the mux failed (ffmpeg_failed: Unsupported channel layout "1 channels (FL)")."""
+    from bad_inputs import _make_wave_format_extensible
+
+    wav = tmp_path / "ext.wav"
+    sf.write(wav, (0.3 * np.sin(np.arange(3 * SAMPLES_PER_FRAME) / 5)).astype(np.float32), 16000, subtype="PCM_16")
+    _make_wave_format_extensible(wav)
+    out = tmp_path / "ext.mp4"
+    with video.VideoWriter(out, (96, 64), fps=FPS, audio_path=wav) as writer:
+        for index in range(3):
+            writer.write(moving_bar(index))
+    info = video.probe(out)
+    assert info.frames == 3 and (info.audio_codec, info.audio_rate) == ("aac", 16000)
+    back, _ = sf.read(video.extract_audio(out, tmp_path / "back.wav"), dtype="float32")
+    assert np.sqrt(np.mean(back**2)) > 0.1  # the sound itself, not silence
+
+
 def test_writes_h264_aac_mp4_with_exact_frames_audio_length_and_tags(tmp_path, speech_wav):
     wav_path, samples = speech_wav
     frames = samples // SAMPLES_PER_FRAME

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_api import DLIB, FRAMES, V1, _assert_video, _free_port, b64, inputs  # noqa: F401  (inputs: a fixture)
+from api_server import DLIB, FRAMES, V1, _assert_video, _free_port, b64, inputs  # noqa: F401  (inputs: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("SD_WEBUI_DIR")

@@ -25,8 +25,10 @@ _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);bas
 _WHITESPACE = re.compile(r"\s+")
 
 
-def decode_media(text: str, field_name: str) -> bytes:
-    """Raw base64 or a `data:<mime>;base64,` URL (the WebUI's convention) -> bytes; 422 naming the field."""
+def decode_media(text: str, field_name: str, empty_code: str = "bad_base64") -> bytes:
+    """Raw base64 or a `data:<mime>;base64,` URL (the WebUI's convention) -> bytes; 422 naming the field.
+    Empty content is valid base64 of an empty file: `empty_code` (bad_audio for an audio field, as the command
+    line calls an empty audio file)."""
     match = _DATA_URL.match(text)
     if match is None and text[:5].lower() == "data:":
         raise ApiError(422, "bad_base64", f"{field_name}: a data: URL must be base64 (data:<type>;base64,...)",
@@ -38,7 +40,7 @@ def decode_media(text: str, field_name: str) -> bytes:
         raise ApiError(422, "bad_base64", f"{field_name}: not valid base64 (nor a data: URL)",
                        option=field_name) from None
     if not data:
-        raise ApiError(422, "bad_base64", f"{field_name} is empty", option=field_name)
+        raise ApiError(422, empty_code, f"{field_name} is empty", option=field_name)
     return data
 
 
@@ -89,7 +91,8 @@ class PathPolicy:
                        f"{field_name}: the path is not inside a folder this server allows", option=field_name)
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:[\\/]|/)[^\s'\"`,;:()\[\]{}<>]*")
+# a lone "/" is no path: "crop / extcrop / resize" stays as it is
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:[\\/][^\s'\"`,;:()\[\]{}<>]*|/[^\s'\"`,;:()\[\]{}<>]+)")
 
 
 def redact(message: str, visible: Path | None) -> str:

@@ -49,22 +49,33 @@ else:
             return self.dict(exclude_unset=True)
 
 
+def _schema_extra(**values: Any) -> dict[str, Any]:
+    """Field keywords that show `values` in the OpenAPI schema without pydantic enforcing them."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return {}
+    return {"json_schema_extra": values} if PYDANTIC_MAJOR >= 2 else values
+
+
 def _option_field(spec: OptionSpec) -> tuple[Any, Any]:
-    """(type, Field) of one option in the request schema. Types are strict (no "3" -> 3, no 1.5 -> 1)."""
+    """(type, Field) of one option in the request schema. Types are strict (no "3" -> 3, no 1.5 -> 1); ranges and
+    choices are shown in the schema but checked by `GenerateOptions.from_dict`, so that a value out of range gets
+    the code and message it gets from the command line and the UI (invalid_input, "pose_style must be ...")."""
     text = spec.help + (f" (one of: {spec.range_text})" if spec.choices else "")
     low, high = spec.minimum, spec.maximum
     if spec.kind == "choice":
-        # the enhancer also takes the host's restorers ("host:CodeFormer" in the WebUI): checked by from_dict
-        kind: Any = StrictStr if spec.name == "enhancer" else Literal[spec.choices]  # type: ignore[valid-type]
-        return Optional[kind], Field(None, description=text)
+        # the enhancer also takes the host's restorers ("host:CodeFormer" in the WebUI)
+        kind: Any = StrictStr if all(isinstance(c, str) for c in spec.choices) else StrictInt
+        enum = None if spec.name == "enhancer" else list(spec.choices)
+        return Optional[kind], Field(None, description=text, **_schema_extra(enum=enum))
     if spec.kind == "bool":
         return Optional[StrictBool], Field(None, description=text)
     if spec.kind in ("int", "seed"):
-        return Optional[conint(strict=True, ge=int(low), le=int(high))], Field(None, description=text)
+        return Optional[StrictInt], Field(None, description=text, **_schema_extra(minimum=low, maximum=high))
     if spec.kind == "float":
-        return Optional[confloat(ge=low, le=high)], Field(None, description=text)
+        return Optional[float], Field(None, description=text, **_schema_extra(minimum=low, maximum=high))
     if spec.kind == "angles":
-        return Optional[List[confloat(ge=low, le=high)]], Field(None, description=text + " (degrees)",
+        return Optional[List[float]], Field(None, description=text + f" (degrees, {spec.range_text})",
                                             **_list_bounds(None, MAX_FREE_VIEW_KEYFRAMES))
     if spec.kind == "box":
         return Optional[List[StrictInt]], Field(None, description=text, **_list_bounds(4, 4))

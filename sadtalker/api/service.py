@@ -217,7 +217,8 @@ class ApiService:
     # -- inputs ---------------------------------------------------------------------------------------------
     def _media_file(self, data: str | None, path: str | None, kind: str, where: str, folder: Path,
                     stem: str) -> str | None:
-        """A stored file for base64 input, or the checked server path."""
+        """A stored file for base64 input (`folder/<stem>/<kind>.<suffix>`: an error about it names "image.png",
+        the field the client sent, not a scratch name), or the checked server path."""
         if data is not None and path is not None:
             raise ApiError(422, "invalid_request", f"{where}{kind}: give {kind} or {kind}_path, not both",
                            option=kind)
@@ -225,9 +226,9 @@ class ApiService:
             return str(self.settings.path_policy().resolve(path, f"{where}{kind}_path"))
         if data is None:
             return None
-        raw = decode_media(data, f"{where}{kind}")
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / (stem + media_suffix(raw, ".bin"))
+        raw = decode_media(data, f"{where}{kind}", empty_code={"image": "bad_image", "audio": "bad_audio"}[kind])
+        target = folder / stem / (kind + media_suffix(raw, ".bin"))
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(raw)
         return str(target)
 
@@ -258,10 +259,10 @@ class ApiService:
         """Check one item and store its inputs: -> {name, image, audio, options}. `shared` holds the job's
         options and its (file, name) image and audio for items without their own."""
         options = self._options([shared.get("options"), item.get("options")], where)
-        image, image_name = self._input(item, "image", where, folder, f"{index}-image")
+        image, image_name = self._input(item, "image", where, folder, str(index))
         if image is None:
             image, image_name = shared.get("image", (None, None))
-        audio, audio_name = self._input(item, "audio", where, folder, f"{index}-audio")
+        audio, audio_name = self._input(item, "audio", where, folder, str(index))
         if audio is None:
             audio, audio_name = shared.get("audio", (None, None))
         if image is None:
@@ -275,7 +276,7 @@ class ApiService:
 
     def _shared_inputs(self, body: dict[str, Any], folder: Path) -> dict[str, Any]:
         return {"options": body.get("options"),
-                **{kind: self._input(body, kind, "", folder, f"shared-{kind}") for kind in ("image", "audio")}}
+                **{kind: self._input(body, kind, "", folder, "shared") for kind in ("image", "audio")}}
 
     # -- views ----------------------------------------------------------------------------------------------
     def _item_status(self, job: JobRecord, item) -> models.ItemStatus:
