@@ -77,7 +77,8 @@ def install_runs(host, data_dir):
 @pytest.fixture(scope="module")
 def webui(host, data_dir, install_runs):
     """The WebUI with its full start (prepare_environment, so install.py runs once more), on a free port."""
-    with host.running(_free_port(), data_dir, "--sadtalker-no-download") as running:
+    with host.running(_free_port(), data_dir, "--sadtalker-no-download",
+                      "--sadtalker-models-path", str(data_dir / "models" / "SadTalker")) as running:
         yield running
 
 
@@ -93,7 +94,7 @@ def test_install_py_twice_changes_no_installed_package(install_runs):
     assert "detection_Resnet50_Final.pth" in outputs[1].stdout  # offline/no-download: it says what is missing
 
 
-def test_loads_without_error_with_tab_settings_and_flags(webui):
+def test_loads_without_error_with_tab_settings_and_flags(host, webui, data_dir):
     url, log_path = webui
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log
@@ -101,11 +102,21 @@ def test_loads_without_error_with_tab_settings_and_flags(webui):
     assert not [line for line in log.splitlines() if "sadtalker" in line.lower() and "error" in line.lower()]
     config = urllib.request.urlopen(url + "/config", timeout=30).read().decode()
     assert '"elem_id": "tab_sadtalker"' in config or '"elem_id":"tab_sadtalker"' in config
+    assert [key for key in SETTINGS if f'"setting_{key}"' not in config] == []  # the Settings page has them
     options = _get(url + "/sdapi/v1/options")
-    assert [key for key in SETTINGS if key not in options] == []
-    assert options["sadtalker_keep_models_loaded"] is True
-    flags = _get(url + "/sdapi/v1/cmd-flags")
-    assert flags["sadtalker_no_download"] is True and "sadtalker_models_path" in flags
+    if host.options_api_lists_extension_settings:
+        assert [key for key in SETTINGS if key not in options] == []
+        assert options["sadtalker_keep_models_loaded"] is True
+    else:  # Forge (webui_hosts.py): no extension's settings in GET, its own ControlNet's neither
+        assert not [key for key in options if key.startswith(("sadtalker_", "control_net_"))]
+        for value in (True, False):  # a change makes the WebUI write config.json, with every option it knows
+            _post(url + "/sdapi/v1/options", {"sadtalker_api_allow_server_paths": value})
+        saved = json.loads((data_dir / "config.json").read_text())
+        assert [key for key in SETTINGS if key not in saved] == []
+        assert saved["sadtalker_keep_models_loaded"] is True and saved["sadtalker_api_allow_server_paths"] is False
+    flags = _get(url + "/sdapi/v1/cmd-flags")  # pydantic 2 answers 500 here if a flag's value differs in type
+    assert flags["sadtalker_no_download"] is True
+    assert flags["sadtalker_models_path"] == str(data_dir / "models" / "SadTalker")
 
 
 @pytest.fixture(scope="module")
@@ -139,20 +150,35 @@ def _progress(url: str) -> dict:
     return _get(url + "/sdapi/v1/progress?skip_current_image=true")
 
 
-def _wait_for_render(url: str, page) -> list[float]:
-    seen = []
+def _progress_bar(page) -> str | None:
+    """The text of the WebUI's own progress bar in the tab (javascript/progressbar.js draws it), if shown."""
+    return page.evaluate("""() => {
+        const bar = document.querySelector('#tab_sadtalker .progressDiv .progress');
+        return bar ? bar.textContent : null; }""")
+
+
+def _rendering(bar: str) -> bool:
+    return bar.startswith("SadTalker: render") and "%" in bar  # the percentage shows once progress is above 0
+
+
+def _wait_for_render(url: str, page) -> tuple[list[float], list[str]]:
+    """Until a batch of frames is rendered: the progress /sdapi/v1/progress said, the texts the page's bar showed."""
+    seen, bars = [], []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        toasts = page.locator(".toast-body")
+        toasts = page.locator(".toast-body.error")  # a warning (two faces) is fine
         if toasts.count():
             pytest.fail("the page shows an error: " + toasts.first.inner_text())
         answer = _progress(url)
+        bar = _progress_bar(page)
+        if bar:
+            bars.append(bar)
         if "SadTalker: render" in (answer.get("textinfo") or ""):
             seen.append(answer["progress"])
-            if answer["state"]["sampling_step"] >= 1:
-                return seen
+            if answer["state"]["sampling_step"] >= 1 and any(_rendering(text) for text in bars):
+                return seen, bars
         time.sleep(0.5)
-    pytest.fail("no render progress in /sdapi/v1/progress")
+    pytest.fail(f"no render progress in /sdapi/v1/progress and the page's bar (it showed {bars[-5:]})")
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +192,13 @@ def tab_run(host, page, webui, inputs, data_dir):
     _text(page, "sadtalker_seed", str(SEED))
     page.click("#sadtalker_generate")
     before = _progress(url)["progress"]
-    during = _wait_for_render(url, page)
+    during, bars = _wait_for_render(url, page)
     status = _wait_status(page, "done")
+    page.wait_for_function("() => !document.querySelector('#tab_sadtalker .progressDiv')", timeout=30_000)
     screenshot = _screenshot(host)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#tab_sadtalker").screenshot(path=str(screenshot.with_suffix(".full.png")))
-    return {"before": before, "during": during, "status": status,
+    return {"before": before, "during": during, "bars": bars, "status": status,
             "saved": page.locator("#sadtalker_saved_path textarea").input_value()}
 
 
@@ -182,6 +209,8 @@ def test_generate_in_the_tab_writes_under_outputs_sadtalker_date(tab_run, data_d
     parameters = json.loads(saved.with_suffix(".json").read_text())
     assert parameters["seed"] == SEED and parameters["host"] == "webui" and parameters["frames"] == FRAMES
     assert max(tab_run["during"]) > tab_run["before"]  # the WebUI's progress moved
+    # the WebUI's own bar in the tab showed the stage, and its width (%) moved past 0 during the render
+    assert any(_rendering(text) for text in tab_run["bars"]), tab_run["bars"]
 
 
 def test_interrupt_stops_a_run_and_leaves_no_file(tab_run, page, webui, data_dir):

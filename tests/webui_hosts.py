@@ -6,7 +6,13 @@ What differs between the two, for a test that starts one:
 - the CPU flags: A1111 `--use-cpu all --no-half --precision full`, Forge `--always-cpu`;
 - the port: Forge gets it from GRADIO_SERVER_PORT, because with `--port N` pydantic 2 refuses the int in
   /sdapi/v1/cmd-flags' `str | None` field and that route answers 500 (Forge's own bug, not ours);
-- PIP_RETRIES=0 for Forge: a built-in extension's installer tries three wheels from GitHub at every start.
+- `--gradio-allowed-path <Forge checkout>`: with --data-dir elsewhere, Forge lets gradio 4 serve files only from
+  the data folder, so its own javascript/*.js answer 403 and the page has no submit_extras, requestProgress or
+  onUiLoaded (Extras' Generate then does nothing);
+- PIP_RETRIES=0 for Forge: a built-in extension's installer tries three wheels from GitHub at every start;
+- GET /sdapi/v1/options in Forge lists no extension's settings (its own ControlNet's neither): its built-in
+  ControlNet imports modules.api at script load, which builds the options response model from the options known
+  then, before any on_ui_settings has run. POST /sdapi/v1/options and the Settings page do have them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class WebUIHost:
     venv_var: str
     cpu_flags: tuple[str, ...]
     port_flag: bool  # --port N, else GRADIO_SERVER_PORT
+    options_api_lists_extension_settings: bool
+    allow_own_files: bool = False  # --gradio-allowed-path <checkout>
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -51,7 +59,8 @@ class WebUIHost:
     def command(self, port: int, data_dir: Path, *extra: str) -> list[str]:
         return [self.python, "launch.py", "--skip-torch-cuda-test", *self.cpu_flags, "--no-download-sd-model",
                 "--skip-version-check", "--api", "--server-name", "127.0.0.1",
-                *(["--port", str(port)] if self.port_flag else []), "--data-dir", str(data_dir), *extra]
+                *(["--port", str(port)] if self.port_flag else []), "--data-dir", str(data_dir),
+                *(["--gradio-allowed-path", self.root] if self.allow_own_files else []), *extra]
 
     def environment(self, port: int | None = None) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "COMMANDLINE_ARGS")}
@@ -81,9 +90,10 @@ class WebUIHost:
 
 A1111 = WebUIHost("a1111", "AUTOMATIC1111 WebUI v1.10.1", "SD_WEBUI_DIR", "SD_WEBUI_VENV",
                   ("--use-cpu", "all", "--no-half", "--precision", "full", "--skip-load-model-at-start"),
-                  port_flag=True)
+                  port_flag=True, options_api_lists_extension_settings=True)
 FORGE = WebUIHost("forge", "Forge (gradio 4.40, pydantic 2)", "SD_FORGE_DIR", "SD_FORGE_VENV",
-                  ("--always-cpu",), port_flag=False, env={"PIP_RETRIES": "0"})
+                  ("--always-cpu",), port_flag=False,
+                  options_api_lists_extension_settings=False, allow_own_files=True, env={"PIP_RETRIES": "0"})
 HOSTS = (A1111, FORGE)
 
 
