@@ -16,6 +16,16 @@ function switch_to_sadtalker() {
     return Array.from(arguments);
 }
 
+// Called by Generate before the run starts (sadtalker_tab.py passes its name to the page as progress_js): the
+// WebUI's own progress bar, the one txt2img has, appears above the status box and follows the run by this id,
+// which goes to the server with the run; the bar shows the stage text ("SadTalker: render 2/3") and goes away at
+// the end.
+function sadtalker_follow_progress() {
+    var id = randomId();
+    requestProgress(id, gradioApp().getElementById("sadtalker_status"), null, function() {});
+    return [id];
+}
+
 onUiLoaded(function() {
     ["txt2img", "img2img", "extras"].forEach(function(tab) {
         var button = gradioApp().getElementById(tab + "_send_to_sadtalker");

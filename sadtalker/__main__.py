@@ -293,7 +293,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a named error now, not in the first request
     one_at_a_time = threading.Lock()  # one pipeline, one run at a time; other events (Cancel) still answer
 
-    def run_exclusive(job):
+    def run_exclusive(job, job_id=None):
         with one_at_a_time:
             return job()
 

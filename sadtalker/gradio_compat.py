@@ -41,6 +41,14 @@ def file_path(value: Any) -> str | None:
     return getattr(value, "name", None)
 
 
+def js_first(function: str | None) -> dict[str, str]:
+    """Event keywords that run a JavaScript function (by name) in the browser before the Python one; its return
+    value replaces the event's inputs. gradio 3 calls the keyword `_js`, gradio 4 `js`."""
+    if not function:
+        return {}
+    return {"js" if GRADIO_MAJOR >= 4 else "_js": function}
+
+
 def enable_queue(blocks: gr.Blocks, concurrency: int) -> gr.Blocks:
     """Queue so progress works and so Cancel and the downloader answer while a video renders."""
     if GRADIO_MAJOR >= 4:

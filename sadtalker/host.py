@@ -28,7 +28,7 @@ ProgressCallback = Callable[[str, int, int], None]
 Restorer = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 RGB face -> restored face of the same size
 
 
-def _run_directly(job: Callable[[], T]) -> T:
+def _run_directly(job: Callable[[], T], job_id: str | None = None) -> T:
     return job()
 
 
@@ -42,7 +42,9 @@ class Host:
     device: str | torch.device = "cpu"
     dtype: torch.dtype = torch.float32
     allow_download: bool = True
-    run_exclusive: Callable[[Callable[[], Any]], Any] = _run_directly  # e.g. the WebUI's queue lock
+    # run_exclusive(job, job_id=None) runs job() alone, e.g. under the WebUI's queue lock; job_id names a page's run
+    # for the host's own progress display (the WebUI's progress bar follows it), None for the API and the preview
+    run_exclusive: Callable[..., Any] = _run_directly
     on_progress: ProgressCallback | None = None  # mirrors progress into the host (the WebUI's progress bar)
     is_interrupted: Callable[[], bool] = lambda: False  # the host's own Interrupt button
     extra_enhancers: dict[str, Restorer] = field(default_factory=dict)  # name -> restorer, shown beside ours
@@ -88,13 +90,14 @@ class Host:
 
     def generate(self, image, audio, options: GenerateOptions, *, on_progress: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, output_dir: Path | None = None,
-                 extra_metadata: dict | None = None, output_stem: str | None = None):
+                 extra_metadata: dict | None = None, output_stem: str | None = None, job_id: str | None = None):
         """One video, under the host's lock, into a new file in today's output folder. -> TalkingHeadResult.
 
         The file is named after the inputs (`photo__speech.mp4`), or `output_stem` (`name.mp4`, `name-1.mp4`, ...).
 
         `on_progress` gets (stage, done, total) as well as the host's own progress; the run stops at the next
         batch of frames when the host is interrupted or `should_cancel()` says so (raising `Cancelled`).
+        `job_id` goes to `run_exclusive` (the id the page's host-side progress display follows).
         """
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -113,7 +116,7 @@ class Host:
                                           on_progress=progress, should_cancel=cancelled,
                                           extra_metadata={"host": self.name, **(extra_metadata or {})})
 
-        return self.run_exclusive(job)
+        return self.run_exclusive(job, job_id=job_id)
 
     def unload(self) -> None:
         """Free every loaded model (the UI's "Unload models" button)."""

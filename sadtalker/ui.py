@@ -47,10 +47,14 @@ class SadTalkerUI:
 
 
 def build_ui(host: Host, *, defaults: dict[str, Any] | None = None, title: str | None = None,
-             after_run=None) -> SadTalkerUI:
+             after_run=None, progress_js: str | None = None) -> SadTalkerUI:
     """The page. `defaults` overrides option defaults (the WebUI's Settings); `after_run()` is called after every
-    run (the WebUI unloads the models there when "keep models loaded" is off)."""
-    page = _Page(host, dict(defaults or {}), after_run)
+    run (the WebUI unloads the models there when "keep models loaded" is off).
+
+    `progress_js` names a JavaScript function of the host's page that Generate calls first: it starts the host's
+    own progress display and returns `[job_id]`, which goes with the run to `host.run_exclusive` (the WebUI: its
+    progress bar, following the run through /internal/progress). gradio's progress overlay is then hidden."""
+    page = _Page(host, dict(defaults or {}), after_run, progress_js)
     with gr.Blocks(analytics_enabled=False, title=title or "SadTalker") as blocks:
         if title:
             gr.Markdown(f"## {title}")
@@ -157,15 +161,22 @@ def _named(exc: SadTalkerError) -> str:
 
 # -- the page -------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Run:
+    cancel: threading.Event
+    job_id: str | None  # what the host's progress display follows (progress_js)
+
+
 class _Page:
-    def __init__(self, host: Host, defaults: dict[str, Any], after_run):
+    def __init__(self, host: Host, defaults: dict[str, Any], after_run, progress_js: str | None):
         self.host = host
         self.defaults = {spec.name: defaults.get(spec.name, spec.default) for spec in option_specs()}
         self.after_run = after_run
+        self.progress_js = progress_js
         self.specs = [spec for spec in option_specs() if spec.kind != "video"]
         self.modes = _video_modes()
         self.controls: dict[str, Any] = {}
-        self._cancel_events: dict[str, threading.Event] = {}
+        self._runs: dict[str, _Run] = {}
         self._events_lock = threading.Lock()
 
     # layout
@@ -222,14 +233,16 @@ class _Page:
                                                      elem_id=f"{ELEM}_download")
                     self.unload_button = gr.Button("Unload models", elem_id=f"{ELEM}_unload")
         self.run_token = gr.State(None)
+        self.job_id = gr.Textbox(visible=False)  # filled by progress_js in the browser, if the host has one
         self.wire()
 
     def wire(self) -> None:
         inputs = {self.image, self.ref_video, self.ref_modes, *self.speech, *self.controls.values()}
         outputs = [self.video, self.saved_path, self.parameters, self.status]
-        started = self.generate_button.click(self.start, inputs=None, outputs=[self.run_token, self.status],
-                                             queue=False)
-        started.then(self.run, inputs=inputs | {self.run_token}, outputs=outputs)
+        started = self.generate_button.click(self.start, inputs=[self.job_id], outputs=[self.run_token, self.status],
+                                             queue=False, **compat.js_first(self.progress_js))
+        started.then(self.run, inputs=inputs | {self.run_token}, outputs=outputs,
+                     show_progress="hidden" if self.progress_js else "full")
         self.cancel_button.click(self.cancel, inputs=[self.run_token], outputs=[self.status], queue=False)
         control_list = list(self.controls.values())
         self.parameters_file.upload(self.load_parameters, inputs=[self.parameters_file],
@@ -250,18 +263,19 @@ class _Page:
             slider.release(self.preview, inputs=preview_inputs, outputs=preview_outputs)
 
     # generate / cancel
-    def start(self):
+    def start(self, job_id=None):
+        # the token, not the page's job id, is what Cancel needs: a page cannot name another page's run
         token = uuid.uuid4().hex
         with self._events_lock:
-            self._cancel_events[token] = threading.Event()
+            self._runs[token] = _Run(threading.Event(), job_id if isinstance(job_id, str) and job_id else None)
         return token, "starting"
 
     def cancel(self, token):
         with self._events_lock:
-            event = self._cancel_events.get(token)
-        if event is None:
+            run = self._runs.get(token)
+        if run is None:
             return gr.update()
-        event.set()
+        run.cancel.set()
         return "cancelling: the run stops after the frames being rendered now"
 
     def options_from(self, data: dict) -> GenerateOptions:
@@ -275,9 +289,9 @@ class _Page:
     def run(self, data: dict, progress=gr.Progress()):
         token = data[self.run_token]
         with self._events_lock:
-            cancel_event = self._cancel_events.get(token) or threading.Event()
+            run = self._runs.get(token) or _Run(threading.Event(), None)
         try:
-            return self._run(data, cancel_event, progress)
+            return self._run(data, run, progress)
         except Cancelled as exc:
             gr.Warning(exc.message)
             return None, "", "", f"cancelled: {exc.message}"
@@ -288,11 +302,11 @@ class _Page:
             raise gr.Error(f"unexpected error ({type(exc).__name__}: {exc}); the console has the details") from None
         finally:
             with self._events_lock:
-                self._cancel_events.pop(token, None)
+                self._runs.pop(token, None)
             if self.after_run is not None:
                 self.after_run()
 
-    def _run(self, data: dict, cancel_event: threading.Event, progress):
+    def _run(self, data: dict, run: _Run, progress):
         options = self.options_from(data)
         if data[self.image] is None:
             raise InvalidInput("add a portrait photo first")
@@ -306,7 +320,7 @@ class _Page:
             progress((done, total) if total > 1 else None, desc=f"{text} {done}/{total}" if total > 1 else text)
 
         result = self.host.generate(data[self.image], speech, options, on_progress=report,
-                                    should_cancel=cancel_event.is_set)
+                                    should_cancel=run.cancel.is_set, job_id=run.job_id)
         parameters = result.sidecar.read_text(encoding="utf-8") if result.sidecar.is_file() else json.dumps(
             {"options": options.to_dict(), "seed": result.seed}, indent=2)
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())

@@ -45,7 +45,7 @@ def _after_run() -> None:
 def on_ui_tabs():
     host = get_host()
     defaults = {name: setting(key) for key, name in SETTING_DEFAULTS.items() if setting(key) is not None}
-    ui = build_ui(host, defaults=defaults, after_run=_after_run)
+    ui = build_ui(host, defaults=defaults, after_run=_after_run, progress_js="sadtalker_follow_progress")
     infotext_utils.add_paste_fields(TAB, ui.image, None)  # makes the tab a "Send to" target
     return [(ui.blocks, "SadTalker", TAB)]
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Retakes the README's screenshots: the standalone app (headless Chromium) and, when SD_WEBUI_DIR / SD_WEBUI_VENV
-# point at a real WebUI v1.10.1, the tab inside it. Writes docs/images/app.png and docs/images/webui-tab.png.
+# Retakes the README's screenshots: the standalone app (headless Chromium) and the tab inside each real WebUI named
+# by SD_WEBUI_DIR / SD_WEBUI_VENV (A1111 v1.10.1) and SD_FORGE_DIR / SD_FORGE_VENV (Forge). Writes
+# docs/images/app.png, docs/images/webui-tab.png and docs/images/forge-tab.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SADTALKER_SCREENSHOTS=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_ui_browser.py -k preview
-if [ -n "${SD_WEBUI_DIR:-}" ] && [ -n "${SD_WEBUI_VENV:-}" ]; then
+if [ -n "${SD_WEBUI_DIR:-}${SD_FORGE_DIR:-}" ]; then
   .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_webui.py -k screenshot
 else
-  echo "SD_WEBUI_DIR / SD_WEBUI_VENV not set: the WebUI screenshot was not retaken"
+  echo "neither SD_WEBUI_DIR nor SD_FORGE_DIR is set: the WebUI screenshots were not retaken"
 fi

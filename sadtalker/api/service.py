@@ -469,11 +469,11 @@ def create_app(host: Host, settings: ApiSettings, backend: BatchBackend | None =
     return app
 
 
-def exclusive() -> Callable[[Callable[[], Any]], Any]:
+def exclusive() -> Callable[..., Any]:
     """A run_exclusive for a standalone Host: /generate and the job worker never render at the same time."""
     lock = threading.Lock()
 
-    def run(job: Callable[[], Any]) -> Any:
+    def run(job: Callable[[], Any], job_id: str | None = None) -> Any:
         with lock:
             return job()
 

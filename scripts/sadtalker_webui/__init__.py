@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from modules import call_queue, devices, paths, shared
+from modules import call_queue, devices, paths, progress, shared
 from sadtalker.host import Host
 from sadtalker.options import HOST_ENHANCER_PREFIX
 
@@ -41,14 +41,22 @@ def webui_outputs() -> Path:
     return Path(setting("outdir_samples") or default_output_dir)
 
 
-def _run_exclusive(job):
-    """Under the WebUI's queue lock (never beside txt2img), as one job of shared.state (progress bar, Interrupt)."""
+def _run_exclusive(job, job_id: str | None = None):
+    """Under the WebUI's queue lock (never beside txt2img), as one job of shared.state (/sdapi/v1/progress,
+    Interrupt). A run from the tab has the id its page's progress bar asks /internal/progress about (the
+    javascript/ requestProgress call), so that bar says "queued" while txt2img holds the lock, then the stages."""
+    if job_id:
+        progress.add_task_to_queue(job_id)
     with call_queue.queue_lock:
-        shared.state.begin(job="sadtalker")
+        shared.state.begin(job=job_id or TAB)
+        if job_id:
+            progress.start_task(job_id)
         shared.state.job_count = 1
         try:
             return job()
         finally:
+            if job_id:
+                progress.finish_task(job_id)
             shared.state.end()
 
 
@@ -71,7 +79,9 @@ def get_host() -> Host:
     """One host per WebUI process (also for the API script), so models stay loaded between runs."""
     global _host
     if _host is None:
-        device = devices.get_device_for(TAB)
+        # Forge's get_device_for ignores --use-cpu (its backend picks the device); honour it here on both
+        use_cpu = getattr(shared.cmd_opts, "use_cpu", None) or []
+        device = devices.cpu if "all" in use_cpu or TAB in use_cpu else devices.get_device_for(TAB)
         dtype = devices.dtype if torch.device(device).type == "cuda" else torch.float32
         _host = Host(models_dir(), outputs_dir(), device=device, dtype=dtype,
                      allow_download=not getattr(shared.cmd_opts, "sadtalker_no_download", False),
