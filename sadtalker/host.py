@@ -42,8 +42,9 @@ class Host:
     device: str | torch.device = "cpu"
     dtype: torch.dtype = torch.float32
     allow_download: bool = True
-    # run_exclusive(job, job_id=None) runs job() alone, e.g. under the WebUI's queue lock; job_id names a page's run
-    # for the host's own progress display (the WebUI's progress bar follows it), None for the API and the preview
+    # run_exclusive(job) runs job() alone, e.g. under the WebUI's queue lock. For a page's run it is called as
+    # run_exclusive(job, job_id=ID): the id the host's own progress display follows (the WebUI's progress bar); a
+    # run_exclusive that takes only `job` is fine for hosts without one
     run_exclusive: Callable[..., Any] = _run_directly
     on_progress: ProgressCallback | None = None  # mirrors progress into the host (the WebUI's progress bar)
     is_interrupted: Callable[[], bool] = lambda: False  # the host's own Interrupt button
@@ -116,7 +117,7 @@ class Host:
                                           on_progress=progress, should_cancel=cancelled,
                                           extra_metadata={"host": self.name, **(extra_metadata or {})})
 
-        return self.run_exclusive(job, job_id=job_id)
+        return self.run_exclusive(job) if job_id is None else self.run_exclusive(job, job_id=job_id)
 
     def unload(self) -> None:
         """Free every loaded model (the UI's "Unload models" button)."""
