@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInput
-from .nets.blocks import set_fast_paths
+from .nets.blocks import fold_spectral_norms, set_fast_paths
 from .nets.generator import OcclusionAwareSPADEGenerator, weight_dtype
 from .nets.keypoints import KPDetector
 from .nets.mapping import MappingNet
@@ -172,7 +172,8 @@ class Renderer:
     The keypoint detector runs in its own dtype; the generator's per-frame convolutions in `compute_dtype`
     (float32, or bfloat16 / float16: see `OcclusionAwareSPADEGenerator.set_compute_dtype`), its coordinates and
     output in float32. The CPU fast paths (`sadtalker.nets.blocks`) are used on CPU only: they were written and
-    measured for oneDNN; other devices run the plain reference forward.
+    measured for oneDNN; other devices run the plain reference forward. The generator's spectral norms are folded
+    into its weights (`SpectralNormConv2d.fold_`): the renderer is for inference only.
     """
 
     def __init__(self, kp_detector: KPDetector | None, generator: OcclusionAwareSPADEGenerator,
@@ -180,6 +181,8 @@ class Renderer:
         """compute_dtype: None keeps the generator as it is (float32 as loaded); fast_paths: None = on CPU only."""
         # None once released (it runs once per source); whoever holds the renderer attaches one again
         self.kp_detector: KPDetector | None = None if kp_detector is None else kp_detector.eval()
+        # in float32, before any cast: the effective weights are then rounded once, and no frame recomputes them
+        fold_spectral_norms(generator)
         if compute_dtype is not None:
             generator.set_compute_dtype(compute_dtype)
         device = next(generator.parameters()).device

@@ -101,6 +101,25 @@ def test_spectral_norm_uses_stored_vectors(generator):
         torch.testing.assert_close(mapped, layer.weight_u.double(), atol=1e-6, rtol=0)
 
 
+def test_folded_spectral_norm_is_the_same_layer_and_a_load_unfolds(generator):
+    import copy
+
+    layer = copy.deepcopy(generator.decoder.G_middle_0.conv_0)
+    x = torch.randn(1, layer.weight_orig.shape[1], 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = layer(x)
+        raw = copy.deepcopy(layer.state_dict())
+        layer.fold_()
+        assert layer.folded and torch.equal(layer(x), before)  # the same float32 weights, computed once
+        # the folded state dict still describes the same layer (its sigma is 1 to rounding)
+        again = copy.deepcopy(layer)
+        again.load_state_dict(layer.state_dict())
+        assert not again.folded
+        torch.testing.assert_close(again(x), before, atol=1e-5, rtol=1e-5)
+        layer.load_state_dict(raw)  # the checkpoint's weights: normalised again per call
+        assert not layer.folded and torch.equal(layer(x), before)
+
+
 def test_coordinate_grid_and_gaussians(golden):
     data = golden("kp_transform_unit")
     grid = make_coordinate_grid(16, 64, 64)
@@ -169,6 +188,23 @@ def test_fused_spade_modulation_equals_instance_norm_expression():
     expected = instance_norm_modulation(x, gamma, beta)
     got = modulate_instance_norm(x, gamma.clone(), beta.clone())
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_half_precision_spade_modulation_is_as_close_as_its_inputs_allow(dtype, batch):
+    from sadtalker.nets.blocks import instance_norm_modulation, modulate_instance_norm
+
+    gen = torch.Generator().manual_seed(batch)
+    x, gamma, beta = (torch.randn(batch, 8, 32, 32, generator=gen) * scale + shift
+                      for scale, shift in ((3, 1), (0.5, 0), (0.5, 0)))
+    x, gamma, beta = (t.to(dtype) for t in (x, gamma, beta))
+    exact = instance_norm_modulation(x.double(), gamma.double(), beta.double())
+    got = modulate_instance_norm(x.contiguous(memory_format=torch.channels_last), gamma.clone(), beta.clone())
+    assert got.dtype == dtype
+    # one rounding of the result, plus that of (1 + gamma) and of the normalised x: a few units in the last place
+    unit = torch.finfo(dtype).eps
+    assert (got.double() - exact).abs().max().item() <= 2 * unit * exact.abs().max().item()
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

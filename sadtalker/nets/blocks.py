@@ -118,6 +118,7 @@ class SpectralNormConv2d(nn.Module):
     def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
         super().__init__()
         self.padding = kernel_size // 2
+        self.folded = False  # see fold_
         self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         fan_in = in_channels * kernel_size * kernel_size
@@ -135,8 +136,31 @@ class SpectralNormConv2d(nn.Module):
         sigma = torch.dot(self.weight_u.to(weight.dtype), torch.mv(matrix, self.weight_v.to(weight.dtype)))
         return (weight / sigma).to(self.weight_orig.dtype)
 
+    def fold_(self) -> "SpectralNormConv2d":
+        """For inference: store the effective weight in `weight_orig`, so that no call normalises it again.
+
+        The stored u and v then give sigma = 1 (to rounding), so the state dict still describes the same layer.
+        Loading a state dict unfolds. Returns self."""
+        with torch.no_grad():
+            self.weight_orig.copy_(self.effective_weight())
+        self.folded = True
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.folded = False
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.effective_weight(), self.bias, padding=self.padding)
+        weight = self.weight_orig if self.folded else self.effective_weight()
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
+
+
+def fold_spectral_norms(model: nn.Module) -> nn.Module:
+    """`SpectralNormConv2d.fold_` every such layer of `model` (in place); returns `model`."""
+    for module in model.modules():
+        if isinstance(module, SpectralNormConv2d):
+            module.fold_()
+    return model
 
 
 def set_fast_paths(model: nn.Module, enabled: bool) -> nn.Module:
@@ -155,9 +179,15 @@ def instance_norm_modulation(x: torch.Tensor, gamma: torch.Tensor, beta: torch.T
 def modulate_instance_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """Fast path of `instance_norm_modulation`, overwriting gamma and beta (returned as the result).
 
-    (x - mean) * ((1 + gamma) / std) + beta makes one fresh full-size tensor (x - mean) instead of four. The
-    statistics are summed in float32 whatever x's dtype (a half-precision sum over 64x64 pixels loses too much).
+    float32: (x - mean) * ((1 + gamma) / std) + beta makes one fresh full-size tensor (x - mean) instead of four,
+    with two-pass statistics (as accurate as instance_norm's). Half precision: the batch-norm kernel normalises
+    (its statistics accumulate in float32 without a float32 copy of x, which at 256 pixels costs more than the
+    normalisation itself); one image's batch statistics are its instance statistics.
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        normalized = F.batch_norm(x, None, None, training=True, eps=1e-5) if x.shape[0] == 1 \
+            else F.instance_norm(x, eps=1e-5)
+        return beta.addcmul_(normalized, gamma.add_(1))
     mean = x.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
     centered = x - mean.to(x.dtype)
     inv_std = torch.rsqrt(centered.square().mean(dim=(2, 3), keepdim=True, dtype=torch.float32) + 1e-5)
