@@ -207,6 +207,18 @@ def test_half_precision_spade_modulation_is_as_close_as_its_inputs_allow(dtype, 
     assert (got.double() - exact).abs().max().item() <= 2 * unit * exact.abs().max().item()
 
 
+def test_composed_shortcut_beta_equals_the_plain_learned_shortcut():
+    from sadtalker.nets.blocks import SPADEResBlock, set_fast_paths
+
+    torch.manual_seed(0)
+    block = SPADEResBlock(in_channels=64, out_channels=16, label_channels=32).eval()
+    x, seg = torch.randn(2, 64, 12, 12) * 2 + 0.3, torch.randn(2, 32, 12, 12)
+    with torch.no_grad():
+        plain = set_fast_paths(block, False)(x, seg)
+        fast = set_fast_paths(block, True)(x, seg)
+    torch.testing.assert_close(fast, plain, atol=1e-5 * plain.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_phase_decomposed_conv_equals_conv_of_upsampled(scale, groups):
@@ -239,7 +251,8 @@ def test_fast_paths_switch_reaches_every_layer_and_the_plain_forward_agrees(smal
 
     generator, volume, kp_source, kp_driving = small_generator_inputs
     switched = [m for m in generator.modules() if hasattr(m, "fast_paths")]
-    assert len(switched) == 2 + 2 * 6 + 3 + 3  # dense motion, decoder, the SPADE layers of the 8 blocks
+    # dense motion, decoder, the SPADE layers of the 8 blocks, the 8 blocks (their learned shortcut)
+    assert len(switched) == 2 + 2 * 6 + 3 + 3 + 8
     with torch.inference_mode():
         fast = generator.animate(volume, kp_source, kp_driving, return_intermediates=True)
         set_fast_paths(generator, False)

@@ -150,9 +150,12 @@ class SpectralNormConv2d(nn.Module):
         self.folded = False
         super()._load_from_state_dict(*args, **kwargs)
 
+    def current_weight(self) -> torch.Tensor:
+        """The weight a forward convolves with."""
+        return self.weight_orig if self.folded else self.effective_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_orig if self.folded else self.effective_weight()
-        return F.conv2d(x, weight, self.bias, padding=self.padding)
+        return F.conv2d(x, self.current_weight(), self.bias, padding=self.padding)
 
 
 def fold_spectral_norms(model: nn.Module) -> nn.Module:
@@ -176,8 +179,9 @@ def instance_norm_modulation(x: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     return F.instance_norm(x, eps=1e-5) * (1 + gamma) + beta
 
 
-def modulate_instance_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Fast path of `instance_norm_modulation`, overwriting gamma and beta (returned as the result).
+def modulate_instance_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+    """Fast path of `instance_norm_modulation`, overwriting gamma and beta (returned as the result); beta None:
+    the scaled part alone, instance_norm(x) * (1 + gamma).
 
     float32: (x - mean) * ((1 + gamma) / std) + beta makes one fresh full-size tensor (x - mean) instead of four,
     with two-pass statistics (as accurate as instance_norm's). Half precision: the batch-norm kernel normalises
@@ -187,12 +191,12 @@ def modulate_instance_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Ten
     if x.dtype in (torch.bfloat16, torch.float16):
         normalized = F.batch_norm(x, None, None, training=True, eps=1e-5) if x.shape[0] == 1 \
             else F.instance_norm(x, eps=1e-5)
-        return beta.addcmul_(normalized, gamma.add_(1))
+        return normalized.mul_(gamma.add_(1)) if beta is None else beta.addcmul_(normalized, gamma.add_(1))
     mean = x.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
     centered = x - mean.to(x.dtype)
     inv_std = torch.rsqrt(centered.square().mean(dim=(2, 3), keepdim=True, dtype=torch.float32) + 1e-5)
     scale = gamma.add_(1).mul_(inv_std.to(gamma.dtype))
-    return beta.addcmul_(centered, scale)
+    return centered.mul_(scale) if beta is None else beta.addcmul_(centered, scale)
 
 
 class SPADE(nn.Module):
@@ -227,7 +231,15 @@ class SPADE(nn.Module):
 
 
 class SPADEResBlock(nn.Module):
-    """SPADE residual block (spectral-norm convs, LeakyReLU 0.2): (B, fin, H, W), seg -> (B, fout, H, W)."""
+    """SPADE residual block (spectral-norm convs, LeakyReLU 0.2): (B, fin, H, W), seg -> (B, fout, H, W).
+
+    Fast path of the learned shortcut conv_s(norm_s(x)): conv_s is a 1x1 convolution without bias, so its share of
+    norm_s's beta, conv_s(mlp_beta(hidden)), is one 3x3 convolution of the hidden map with the composed weight
+    conv_s . mlp_beta: fout instead of fin output channels (a quarter of that convolution in both upsampling
+    blocks), and no fin-channel beta map.
+    """
+
+    fast_paths = True
 
     def __init__(self, *, in_channels: int, out_channels: int, label_channels: int = 256):
         super().__init__()
@@ -251,10 +263,20 @@ class SPADEResBlock(nn.Module):
 
     def forward_hidden(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
         """Same as forward, given each SPADE layer's hidden map (B, 128, H, W) (see `spade_layers`)."""
-        shortcut = self.conv_s(self.norm_s.modulate(x, hidden[2])) if self.learned_shortcut else x
+        shortcut = self._learned_shortcut(x, hidden[2]) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu_(self.norm_0.modulate(x, hidden[0]), 0.2))
         dx = self.conv_1(F.leaky_relu_(self.norm_1.modulate(dx, hidden[1]), 0.2))
         return dx.add_(shortcut)
+
+    def _learned_shortcut(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.fast_paths:
+            return self.conv_s(self.norm_s.modulate(x, hidden))
+        beta_conv = self.norm_s.mlp_beta
+        mix = self.conv_s.current_weight().float()[:, :, 0, 0]  # (fout, fin)
+        weight = torch.einsum("oc,cikl->oikl", mix, beta_conv.weight.float()).to(hidden.dtype)
+        bias = (mix @ beta_conv.bias.float()).to(hidden.dtype)
+        scaled = modulate_instance_norm(x, self.norm_s.mlp_gamma(hidden), None)
+        return self.conv_s(scaled).add_(F.conv2d(hidden, weight, bias, padding=1))
 
 
 def _tap_patterns(scale: int) -> tuple[list[tuple[int, tuple[int, ...]]], list[int]]:
