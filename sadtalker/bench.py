@@ -74,7 +74,8 @@ class BenchReport:
     render: RenderTiming | None = None
     peak_rss_mb: float = 0.0  # peak of the whole run, before any quality check
     rss_mb_start: float = 0.0  # before any model is loaded: the cost of the process, torch and its libraries
-    quality: dict[str, float] | None = None  # psnr_db, max_abs_u8 of the rendered frames vs fp32
+    quality: dict[str, float] | None = None  # psnr_db, max_abs_u8 of the rendered frames vs fp32; with an
+    # enhancer also enhancer_psnr_db, enhancer_max_abs_u8: the same rendered frames finished in fp32 vs as run
 
     def table(self) -> str:
         lines = [f"audio {self.audio_seconds:.1f} s = {self.frames} frames; size {self.size}, batch "
@@ -96,6 +97,9 @@ class BenchReport:
         if self.quality is not None:
             lines.append(f"quality vs fp32: PSNR {self.quality['psnr_db']:.2f} dB, max abs difference "
                          f"{self.quality['max_abs_u8']:.0f}/255")
+            if "enhancer_psnr_db" in self.quality:
+                lines.append(f"enhancer vs fp32 (same rendered frames): PSNR {self.quality['enhancer_psnr_db']:.2f} "
+                             f"dB, max abs difference {self.quality['enhancer_max_abs_u8']:.0f}/255")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -145,7 +149,7 @@ def load_models(pipeline: SadTalkerPipeline, options: GenerateOptions, stage: st
         models.release_once_per_video()
         models.renderer(options.size, options.preprocess, options.precision)
     elif stage == "finish" and options.enhancer != "none":
-        pipeline._enhancer(options.enhancer)
+        pipeline._enhancer(options.enhancer, options.precision)
 
 
 def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, *, audio=None,
@@ -229,14 +233,21 @@ def run_benchmark(pipeline: SadTalkerPipeline, image, options: GenerateOptions, 
         del renderer  # the store holds one precision per size: asking for fp32 replaces the fast renderer
         reference_options = options.replace(precision="fp32")
         reference = list(islice(pipeline.render_frames(source, sequence, reference_options), len(rendered)))
-        fast, exact = np.stack(rendered), np.stack(reference)
-        quality = {"psnr_db": psnr_db(fast, exact),
-                   "max_abs_u8": float(np.abs(fast.astype(np.int16) - exact.astype(np.int16)).max())}
+        quality = _difference(np.stack(rendered), np.stack(reference))
+        if options.enhancer != "none":
+            enhanced = [np.stack(list(pipeline.finish_frames(iter(rendered), source, run_options)))
+                        for run_options in (options, reference_options)]
+            quality.update({f"enhancer_{key}": value for key, value in _difference(*enhanced).items()})
     return BenchReport(audio_seconds=total / options.fps, frames=total, size=options.size,
                        batch_size=options.batch_size, threads=torch.get_num_threads(),
                        device=str(pipeline.models.device), precision=options.precision, compute_dtype=compute_dtype,
                        load_seconds=load_seconds, stages=stages, render=render, peak_rss_mb=peak, quality=quality,
                        rss_mb_start=rss_start)
+
+
+def _difference(frames: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    return {"psnr_db": psnr_db(frames, reference),
+            "max_abs_u8": float(np.abs(frames.astype(np.int16) - reference.astype(np.int16)).max())}
 
 
 def report_json(report: BenchReport) -> str:

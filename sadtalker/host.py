@@ -78,12 +78,8 @@ class Host:
         return list(get_args(Enhancer)) + [name for name in self.extra_enhancers if name not in get_args(Enhancer)]
 
     def _enhancer_factory(self, name: str):
-        if name in self.extra_enhancers:
-            return _RestorerEnhancer(self.extra_enhancers[name])
-        from .checkpoints import files
-        from .enhance import SpandrelEnhancer
-
-        return SpandrelEnhancer(self.pipeline.models.file(files.enhancer_file(name)), device=self.pipeline.models.device)
+        """The host's own restorer named `name`, or None: the pipeline then loads ours."""
+        return _RestorerEnhancer(self.extra_enhancers[name]) if name in self.extra_enhancers else None
 
     def output_folder(self, day: datetime.date | None = None) -> Path:
         """outputs_dir/<YYYY-MM-DD>/ (created when a video is written)."""

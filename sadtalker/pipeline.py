@@ -236,7 +236,7 @@ class SadTalkerPipeline:
         self.models = ModelStore(paths, device=device, dtype=dtype, allow_download=allow_download,
                                  on_download_progress=on_download_progress)
         self._enhancer_factory = enhancer_factory
-        self._enhancers: dict[str, object] = {}
+        self._enhancers: dict[tuple[str, torch.dtype], object] = {}
 
     # -- the stages ------------------------------------------------------------------------------------------
     def _detector(self, name: str) -> FaceLandmarker:
@@ -335,21 +335,25 @@ class SadTalkerPipeline:
                 if run is not None:
                     run.progress(stop, inputs.num_frames)
 
-    def _enhancer(self, name: str):
-        if name not in self._enhancers:
-            if self._enhancer_factory is not None:
-                self._enhancers[name] = self._enhancer_factory(name)
-            else:
+    def _enhancer(self, name: str, precision: str = "fp32"):
+        """The face enhancer `name`, loaded once per compute dtype: the host's own restorer when the factory
+        offers one, else ours (GFPGAN's decoder runs in the run's half precision, see enhance.py)."""
+        dtype = resolve_precision(precision, self.models.device)
+        key = (name, dtype)
+        if key not in self._enhancers:
+            enhancer = self._enhancer_factory(name) if self._enhancer_factory is not None else None
+            if enhancer is None:
                 from .enhance import SpandrelEnhancer
 
                 path = self.models.file(files.enhancer_file(name))
-                self._enhancers[name] = SpandrelEnhancer(path, device=self.models.device)
-        return self._enhancers[name]
+                enhancer = SpandrelEnhancer(path, device=self.models.device, dtype=dtype)
+            self._enhancers[key] = enhancer
+        return self._enhancers[key]
 
     def finish_frames(self, frames: Iterator[np.ndarray], source: SourceFace,
                       options: GenerateOptions) -> Iterator[np.ndarray]:
         """Rendered faces -> output frames: optional enhancer, then the official aspect resize or paste-back."""
-        enhancer = self._enhancer(options.enhancer) if options.enhancer != "none" else None
+        enhancer = self._enhancer(options.enhancer, options.precision) if options.enhancer != "none" else None
         paste = PasteBack(source.image, source.crop.info, extended=options.preprocess == "extfull") \
             if options.is_full else None
         for frame in frames:

@@ -23,6 +23,7 @@ from sadtalker import motion, render_inputs
 from sadtalker.errors import AudioError, Cancelled, ImageError, InvalidInput, NoFaceDetected
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalkerPipeline
+from sadtalker.render import cpu_has_fast_bfloat16
 from sadtalker.video import VideoWriter, probe, read_video_frames
 
 FRAMES = 5
@@ -267,7 +268,9 @@ def test_enhancer_runs_on_every_rendered_face(models_dir, portrait, tmp_path):
                                              pipe.prepare_source(str(portrait), _dlib()), _dlib())))
     result = pipe.generate(portrait, None, _dlib(idle_seconds=0.12, enhancer="gfpgan"), output=tmp_path / "e.mp4")
     _assert_playable(result.video, 3, 0.12)
-    assert pipe._enhancers["gfpgan"].architecture == "GFPGAN"
+    assert pipe._enhancers[("gfpgan", torch.float32)].architecture == "GFPGAN"
+    fast = pipe._enhancer("gfpgan", "auto")  # the run's precision reaches the enhancer
+    assert fast.dtype == (torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32)
     enhanced = np.stack(list(pipe.finish_frames(iter([np.full((256, 256, 3), 128, np.uint8)]),
                                                 pipe.prepare_source(str(portrait), _dlib()),
                                                 _dlib(enhancer="gfpgan"))))
