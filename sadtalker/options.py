@@ -109,8 +109,8 @@ class GenerateOptions:
     batch_size: int = _option(2, "Batch size", "frames rendered per network call", "int", minimum=1,
                               maximum=MAX_BATCH_SIZE)
     precision: Precision = _option(
-        "fp32", "Precision", "renderer arithmetic: fp32 exact; bf16 / fp16 about 2x faster where the device has "
-        "them (frames within 36 dB PSNR of fp32); auto picks by device", "choice", choices=get_args(Precision))
+        "fp32", "Precision", "renderer and GFPGAN arithmetic: fp32 exact; bf16 / fp16 2-3x faster where the device "
+        "has them (frames within 36 dB PSNR of fp32); auto picks by device", "choice", choices=get_args(Precision))
     ref_eyeblink: str | None = _option(None, "Reference video (blinks)", "video whose eye blinks are copied",
                                        "video")
     ref_pose: str | None = _option(None, "Reference video (pose)", "video whose head motion is copied", "video")

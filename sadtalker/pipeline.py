@@ -7,6 +7,7 @@ memory does not grow with the audio's length. The math lives in the stage module
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
@@ -356,10 +357,12 @@ class SadTalkerPipeline:
         enhancer = self._enhancer(options.enhancer, options.precision) if options.enhancer != "none" else None
         paste = PasteBack(source.image, source.crop.info, extended=options.preprocess == "extfull") \
             if options.is_full else None
-        for frame in frames:
-            if enhancer is not None:
-                frame = enhancer.restore(frame)
-            yield paste(frame) if paste is not None else aspect_frame(frame, source.crop.info.size)
+        # a face restorer needs the same large buffers for every frame, like the renderer (see heap.py)
+        with heap.buffers_kept_between_frames() if enhancer is not None else contextlib.nullcontext():
+            for frame in frames:
+                if enhancer is not None:
+                    frame = enhancer.restore(frame)
+                yield paste(frame) if paste is not None else aspect_frame(frame, source.crop.info.size)
 
     # -- the whole method ------------------------------------------------------------------------------------
     def generate(self, image, audio, options: GenerateOptions | None = None, *, output: str | Path | None = None,
