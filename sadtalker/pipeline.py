@@ -406,14 +406,17 @@ class SadTalkerPipeline:
             if samples is not None:
                 soundfile.write(sound, samples, audio_stage.SAMPLE_RATE, subtype="PCM_16")
                 del samples
-            frames = self.finish_frames(self.render_frames(source, sequence, options, run), source, options)
-            first = next(frames)
-            with VideoWriter(target, (first.shape[1], first.shape[0]), fps=options.fps, audio_path=sound,
-                             metadata=metadata) as writer:
-                writer.write(first)
-                for frame in frames:
-                    writer.write(frame)
-                run.stage("encode")
+            rendered = self.render_frames(source, sequence, options, run)
+            frames = self.finish_frames(rendered, source, options)
+            # closed however the run ends, so a failed write does not leave the frame-buffer policy (heap.py) on
+            with contextlib.closing(rendered), contextlib.closing(frames):
+                first = next(frames)
+                with VideoWriter(target, (first.shape[1], first.shape[0]), fps=options.fps, audio_path=sound,
+                                 metadata=metadata) as writer:
+                    writer.write(first)
+                    for frame in frames:
+                        writer.write(frame)
+                    run.stage("encode")
         run.finish()
         warnings = preflight_warnings + (
             [f"{source.faces_found} faces found; the largest was used"] if source.faces_found > 1 else [])

@@ -264,6 +264,9 @@ def test_gfpgan_in_bfloat16_runs_its_decoder_in_bf16_and_stays_close_to_float32(
     # measured 37.2 dB on a 256 portrait crop with these random weights (the whole network in bf16: 29.6 dB)
     assert 0 < mse and 10 * np.log10(255**2 / mse) >= 35.0
     assert np.array_equal(fast.restore(face), restored)  # stored noise: the same face gives the same pixels
+    batch = fast.restore_batch([face, smooth_face(200, seed=6)])  # channels-last maps through a batch of two
+    assert [item.shape for item in batch] == [(256, 256, 3), (200, 200, 3)]
+    assert np.abs(batch[0].astype(int) - restored).max() <= 4  # bf16 rounding differs with the batch layout
 
 
 @pytest.mark.slow

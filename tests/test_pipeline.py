@@ -19,7 +19,7 @@ import soundfile
 import torch
 
 import fakes
-from sadtalker import motion, render_inputs
+from sadtalker import heap, motion, render_inputs
 from sadtalker.errors import AudioError, Cancelled, ImageError, InvalidInput, NoFaceDetected
 from sadtalker.options import GenerateOptions
 from sadtalker.pipeline import SadTalkerPipeline
@@ -163,6 +163,18 @@ def test_seed_makes_runs_repeatable_and_intermediates_are_saved(pipeline, portra
     other = pipeline.predict_motion(features, source, options, seed=6)
     np.testing.assert_array_equal(first.coeffs, again.coeffs)
     assert not np.array_equal(first.z, other.z)
+
+
+def test_a_failed_write_ends_the_frame_buffer_policy(pipeline, portrait, tmp_path, monkeypatch):
+    """The writer failing mid-video (a full disk) must not leave the render's heap policy on (sadtalker/heap.py)
+    while the error, and with it the run's suspended frame streams, is still referenced."""
+    def full_disk(self, frame):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(VideoWriter, "write", full_disk)
+    with pytest.raises(OSError, match="No space") as failure:
+        pipeline.generate(portrait, None, _dlib(idle_seconds=0.2, batch_size=1), output=tmp_path / "full.mp4")
+    assert failure.value.__traceback__ is not None and heap._rendering == 0
 
 
 def test_cancel_leaves_no_file_and_keeps_the_old_one(pipeline, portrait, speech, tmp_path):
