@@ -84,9 +84,10 @@ class TalkingHeadResult:
 class ModelStore:
     """Loads each network once (per size and preprocess family) and keeps it until `unload()`.
 
-    The networks a video runs once (face3d, the audio nets, the keypoint detector: about 300 MB in float32) are
-    let go by `release_once_per_video()` as soon as a run has used them, and loaded again (well under a second)
-    by the next run; the renderer's generator and mapping net, which every frame runs, stay loaded.
+    The networks a video runs once (the face detector, face3d, the audio nets, the keypoint detector: about
+    400 MB in float32 with dlib, more with facexlib) are let go by `release_once_per_video()` as soon as a run has
+    used them, and loaded again (well under a second) by the next run; the renderer's generator and mapping net,
+    which every frame runs, stay loaded.
     """
 
     ONCE_PER_VIDEO = ("face_3drecon", "audio2exp", "audio2pose")
@@ -178,8 +179,9 @@ class ModelStore:
         return self._load(files.sadtalker_file(size), "kp_extractor", self.dtype)
 
     def release_once_per_video(self) -> None:
-        """Let go of face3d, the audio nets and the keypoint detectors (see the class doc)."""
-        for key in [k for k in self._cache if k[0] == "net" and k[2] in self.ONCE_PER_VIDEO]:
+        """Let go of the face detectors, face3d, the audio nets and the keypoint detectors (see the class doc)."""
+        # a detector is dropped, not closed: a face preview running meanwhile may still hold it
+        for key in [k for k in self._cache if k[0] == "detector" or (k[0] == "net" and k[2] in self.ONCE_PER_VIDEO)]:
             del self._cache[key]
         for key, value in self._cache.items():
             if key[0] == "renderer":
